@@ -1,0 +1,468 @@
+"""The digit collection rules, as a sans-I/O state machine.
+
+One :class:`DigitCollector` per entry. Feed it events (:class:`Start`, :class:`Digit`,
+:class:`PromptFinished`, :class:`TimerFired`, :class:`Hangup`, :class:`ConnectionLost`) and carry
+out the actions it returns (:class:`Play`, :class:`StopPlayback`, :class:`StartTimer`,
+:class:`CancelTimer`, :class:`Finish`). It never touches a clock, a socket or a database: time
+arrives with every event (seconds on any monotonic clock), so tests drive it with plain numbers.
+
+Rules in one breath: the prompt plays and keys typed over it are kept (the first one stops it);
+reaching ``max_digits`` finishes at once; a stop key finishes with at least ``min_digits``;
+otherwise the per-digit timer decides. A failed attempt (no input, short, invalid) plays the
+invalid prompt and asks again, up to ``max_attempts``. With confirmation the digits are read back
+and 1 accepts, 2 rejects and asks again, silence repeats the question once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum, auto
+
+from ari_app.params import (
+    DIGITS_PLACEHOLDER,
+    DTMF_KEYS,
+    ParamError,
+    Params,
+    parse_params,
+    split_arguments,
+)
+
+CONFIRM_KEY = "1"
+REJECT_KEY = "2"
+
+
+class Source(StrEnum):
+    KEY = "key"
+    VOICE = "voice"
+
+
+class Status(StrEnum):
+    COMPLETED = "completed"
+    NO_INPUT = "no_input"
+    SHORT = "short"
+    INVALID = "invalid"
+    REJECTED = "rejected"
+    UNCONFIRMED = "unconfirmed"
+    HANGUP = "hangup"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"
+
+
+class TerminatedBy(StrEnum):
+    MAX_DIGITS = "max_digits"
+    STOP_KEY = "stop_key"
+    TIMEOUT = "timeout"
+
+
+class Confirmed(StrEnum):
+    YES = "yes"
+    NO = "no"
+    UNANSWERED = "unanswered"
+    NOT_ASKED = "not_asked"
+
+
+class Timer(StrEnum):
+    NO_INPUT = "no_input"
+    INTER_DIGIT = "inter_digit"
+    ATTEMPT = "attempt"
+    CONFIRM = "confirm"
+
+
+# --- events (inputs) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    at: float
+
+
+@dataclass(frozen=True)
+class Digit:
+    key: str
+    at: float
+    source: Source = Source.KEY
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptFinished:
+    playback: int
+    at: float
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    timer: Timer
+    token: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Hangup:
+    at: float
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    at: float
+
+
+Event = Start | Digit | PromptFinished | TimerFired | Hangup | ConnectionLost
+
+
+# --- actions (outputs) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Play:
+    playback: int
+    media: tuple[str, ...]
+    # The media reads digits back; adapters must not log it in clear for sensitive entries.
+    reads_digits: bool = False
+
+
+@dataclass(frozen=True)
+class StopPlayback:
+    playback: int
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    """Start (or restart) a timer; its :class:`TimerFired` must carry ``token`` back."""
+
+    timer: Timer
+    seconds: float
+    token: int
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    timer: Timer
+
+
+@dataclass(frozen=True)
+class DigitRecord:
+    digit: str
+    source: Source
+    attempt: int
+    at_ms: int
+    duration_ms: int | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Something that happened besides a digit: an attempt's end, a confirmation answer."""
+
+    kind: str
+    attempt: int
+    at_ms: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Result:
+    status: Status
+    user_input: str
+    terminated_by: TerminatedBy | None
+    attempts: int
+    confirmed: Confirmed
+    digits: tuple[DigitRecord, ...]
+    steps: tuple[StepRecord, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    result: Result
+
+
+Action = Play | StopPlayback | StartTimer | CancelTimer | Finish
+
+
+_INPUT_TIMERS = (Timer.NO_INPUT, Timer.INTER_DIGIT, Timer.ATTEMPT)
+
+
+class Phase(Enum):
+    IDLE = auto()
+    PROMPTING = auto()
+    COLLECTING = auto()
+    READING_BACK = auto()
+    AWAITING_ANSWER = auto()
+    DONE = auto()
+
+
+class DigitCollector:
+    """Collects one entry. Not thread-safe; one instance per entry."""
+
+    def __init__(self, params: Params | ParamError) -> None:
+        self._params = params
+        self._phase = Phase.IDLE
+        self._started_at = 0.0
+        self._attempt = 0
+        self._entered: list[str] = []
+        self._digits: list[DigitRecord] = []
+        self._steps: list[StepRecord] = []
+        self._playback = 0
+        self._playing: int | None = None
+        self._timer_tokens: dict[Timer, int] = {}
+        self._next_token = 0
+        self._terminated_by: TerminatedBy | None = None
+        self._readbacks = 0
+        self.result: Result | None = None
+
+    @classmethod
+    def from_arguments(cls, arguments: Sequence[str] | Mapping[str, str]) -> DigitCollector:
+        """Build from Stasis arguments or a query mapping; bad ones end the entry with ``error``."""
+        try:
+            values = (
+                dict(arguments) if isinstance(arguments, Mapping) else split_arguments(arguments)
+            )
+            return cls(parse_params(values))
+        except ParamError as exc:
+            return cls(exc)
+
+    @property
+    def params(self) -> Params | None:
+        return self._params if isinstance(self._params, Params) else None
+
+    @property
+    def done(self) -> bool:
+        return self._phase is Phase.DONE
+
+    def handle(self, event: Event) -> list[Action]:
+        if self._phase is Phase.DONE:
+            return []
+        match event:
+            case Start():
+                return self._on_start(event)
+            case Digit():
+                return self._on_digit(event)
+            case PromptFinished():
+                return self._on_prompt_finished(event)
+            case TimerFired():
+                return self._on_timer(event)
+            case Hangup():
+                return self._finish(Status.HANGUP, event.at, self._interrupted_confirmation())
+            case ConnectionLost():
+                return self._finish(Status.INTERRUPTED, event.at, self._interrupted_confirmation())
+
+    # --- event handlers ------------------------------------------------------------------
+
+    def _on_start(self, event: Start) -> list[Action]:
+        if self._phase is not Phase.IDLE:
+            return []
+        self._started_at = event.at
+        if isinstance(self._params, ParamError):
+            return self._finish(Status.ERROR, event.at, Confirmed.NOT_ASKED, str(self._params))
+        return self._begin_attempt(event.at, self._params.prompt)
+
+    def _on_digit(self, event: Digit) -> list[Action]:
+        params = self._require_params()
+        key = event.key.upper()
+        if len(key) != 1 or key not in DTMF_KEYS:
+            return []
+        if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
+            return self._on_confirmation_key(key, event)
+        if self._phase not in (Phase.PROMPTING, Phase.COLLECTING):
+            return []
+
+        actions: list[Action] = []
+        if self._phase is Phase.PROMPTING:
+            actions += self._stop_playing()  # barge-in: the key is kept (type-ahead)
+            self._phase = Phase.COLLECTING
+        actions += self._cancel_timers(Timer.NO_INPUT)
+
+        if key in params.stop_keys:
+            self._record_step("stop_key", event.at, key)
+            if not self._entered:
+                return actions + self._fail(Status.NO_INPUT, event.at)
+            if len(self._entered) < params.min_digits:
+                return actions + self._fail(Status.SHORT, event.at)
+            return actions + self._complete(TerminatedBy.STOP_KEY, event.at)
+
+        self._entered.append(key)
+        self._digits.append(
+            DigitRecord(key, event.source, self._attempt, self._ms(event.at), event.duration_ms)
+        )
+        if len(self._entered) >= params.max_digits:
+            return actions + self._complete(TerminatedBy.MAX_DIGITS, event.at)
+        actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout))
+        return actions
+
+    def _on_prompt_finished(self, event: PromptFinished) -> list[Action]:
+        params = self._require_params()
+        if event.playback != self._playing:
+            return []  # a playback we already stopped or replaced
+        self._playing = None
+        if self._phase is Phase.PROMPTING:
+            self._phase = Phase.COLLECTING
+            return [self._start_timer(Timer.NO_INPUT, params.no_input_timeout)]
+        if self._phase is Phase.READING_BACK:
+            self._phase = Phase.AWAITING_ANSWER
+            return [self._start_timer(Timer.CONFIRM, params.confirm_timeout)]
+        return []
+
+    def _on_timer(self, event: TimerFired) -> list[Action]:
+        params = self._require_params()
+        if self._timer_tokens.get(event.timer) != event.token:
+            return []  # cancelled or restarted after it fired
+        del self._timer_tokens[event.timer]
+        if event.timer is Timer.CONFIRM:
+            if self._phase is not Phase.AWAITING_ANSWER:
+                return []
+            if self._readbacks < 2:
+                self._record_step("confirmation", event.at, "repeat")
+                return self._read_back(event.at)
+            self._record_step("confirmation", event.at, Confirmed.UNANSWERED.value)
+            return self._finish(Status.UNCONFIRMED, event.at, Confirmed.UNANSWERED)
+        if self._phase not in (Phase.PROMPTING, Phase.COLLECTING):
+            return []
+        if not self._entered:
+            return self._fail(Status.NO_INPUT, event.at)
+        if len(self._entered) < params.min_digits:
+            return self._fail(Status.SHORT, event.at)
+        return self._complete(TerminatedBy.TIMEOUT, event.at)
+
+    def _on_confirmation_key(self, key: str, event: Digit) -> list[Action]:
+        params = self._require_params()
+        if key not in (CONFIRM_KEY, REJECT_KEY):
+            return []
+        actions = self._stop_playing() + self._cancel_timers(Timer.CONFIRM)
+        if key == CONFIRM_KEY:
+            self._record_step("confirmation", event.at, f"{Confirmed.YES.value} ({event.source})")
+            return actions + self._finish(Status.COMPLETED, event.at, Confirmed.YES)
+        self._record_step("confirmation", event.at, f"{Confirmed.NO.value} ({event.source})")
+        if self._attempt >= params.max_attempts:
+            return actions + self._finish(Status.REJECTED, event.at, Confirmed.NO)
+        return actions + self._begin_attempt(event.at, params.prompt)
+
+    # --- transitions ---------------------------------------------------------------------
+
+    def _begin_attempt(self, at: float, prompt: tuple[str, ...]) -> list[Action]:
+        params = self._require_params()
+        self._attempt += 1
+        self._entered = []
+        self._terminated_by = None
+        self._readbacks = 0
+        self._phase = Phase.PROMPTING
+        self._record_step("attempt", at, "started")
+        return [
+            *self._cancel_timers(Timer.INTER_DIGIT, Timer.NO_INPUT, Timer.CONFIRM),
+            self._start_timer(Timer.ATTEMPT, params.max_duration),
+            self._play(prompt),
+        ]
+
+    def _complete(self, terminated_by: TerminatedBy, at: float) -> list[Action]:
+        params = self._require_params()
+        self._terminated_by = terminated_by
+        actions = self._cancel_timers(*_INPUT_TIMERS)
+        if not self._is_valid("".join(self._entered)):
+            return actions + self._fail(Status.INVALID, at)
+        if params.ask_for_confirmation:
+            return actions + self._read_back(at)
+        return actions + self._finish(Status.COMPLETED, at, Confirmed.NOT_ASKED)
+
+    def _fail(self, status: Status, at: float) -> list[Action]:
+        params = self._require_params()
+        self._record_step("attempt", at, status.value)
+        actions = self._stop_playing() + self._cancel_timers(*_INPUT_TIMERS)
+        if self._attempt >= params.max_attempts:
+            return actions + self._finish(status, at, Confirmed.NOT_ASKED)
+        return actions + self._begin_attempt(at, params.invalid_prompt + params.prompt)
+
+    def _read_back(self, at: float) -> list[Action]:
+        params = self._require_params()
+        self._phase = Phase.READING_BACK
+        self._readbacks += 1
+        digits = "digits:" + "".join(self._entered)
+        media = tuple(
+            digits if item == DIGITS_PLACEHOLDER else item for item in params.confirm_prompt
+        )
+        if DIGITS_PLACEHOLDER not in params.confirm_prompt:
+            media += (digits,)
+        return [*self._cancel_timers(Timer.CONFIRM), self._play(media, reads_digits=True)]
+
+    def _finish(
+        self, status: Status, at: float, confirmed: Confirmed, error: str | None = None
+    ) -> list[Action]:
+        actions: list[Action] = []
+        if self._playing is not None:
+            actions += self._stop_playing()
+        actions += [CancelTimer(timer) for timer in self._timer_tokens]
+        self._timer_tokens.clear()
+        self._phase = Phase.DONE
+        self.result = Result(
+            status=status,
+            user_input="".join(self._entered),
+            terminated_by=self._terminated_by,
+            attempts=self._attempt,
+            confirmed=confirmed,
+            digits=tuple(self._digits),
+            steps=tuple(self._steps),
+            error=error,
+        )
+        return [*actions, Finish(self.result)]
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _require_params(self) -> Params:
+        if not isinstance(self._params, Params):  # pragma: no cover - error entries end at Start
+            raise RuntimeError("entry has no valid parameters")
+        return self._params
+
+    def _interrupted_confirmation(self) -> Confirmed:
+        if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
+            return Confirmed.UNANSWERED
+        return Confirmed.NOT_ASKED
+
+    def _play(self, media: tuple[str, ...], *, reads_digits: bool = False) -> Play:
+        self._playback += 1
+        self._playing = self._playback
+        return Play(self._playback, media, reads_digits)
+
+    def _stop_playing(self) -> list[Action]:
+        if self._playing is None:
+            return []
+        playback, self._playing = self._playing, None
+        return [StopPlayback(playback)]
+
+    def _start_timer(self, timer: Timer, seconds: float) -> StartTimer:
+        self._next_token += 1
+        self._timer_tokens[timer] = self._next_token
+        return StartTimer(timer, seconds, self._next_token)
+
+    def _cancel_timers(self, *timers: Timer) -> list[Action]:
+        return [
+            CancelTimer(timer)
+            for timer in timers
+            if self._timer_tokens.pop(timer, None) is not None
+        ]
+
+    def _is_valid(self, digits: str) -> bool:
+        rule = self._require_params().validate
+        if rule is None:
+            return True
+        if rule == "luhn":
+            return luhn_valid(digits)
+        return re.fullmatch(rule, digits) is not None
+
+    def _record_step(self, kind: str, at: float, detail: str) -> None:
+        self._steps.append(StepRecord(kind, self._attempt, self._ms(at), detail))
+
+    def _ms(self, at: float) -> int:
+        return max(0, round((at - self._started_at) * 1000))
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check used by payment card numbers."""
+    if not digits.isdigit() or len(digits) < 2:
+        return False
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0

@@ -1,0 +1,255 @@
+"""Parameters of one digit entry, parsed from Stasis arguments or an AGI query string.
+
+The names follow LiveKit Agents' ``GetDtmfTask`` (``num_digits``, ``dtmf_input_timeout``,
+``dtmf_stop_event``, ``ask_for_confirmation``) plus our own. Parsing never raises anything but
+:class:`ParamError`, whose message is meant for the dialplan author's log.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+MAX_DIGITS_LIMIT = 64
+MAX_ATTEMPTS_LIMIT = 10
+MAX_TIMEOUT_SECONDS = 600.0
+MAX_PATTERN_LENGTH = 200
+
+DEFAULT_PROMPT = ("sound:please-enter-your", "sound:number")
+DEFAULT_INVALID_PROMPT = ("sound:option-is-invalid",)
+DIGITS_PLACEHOLDER = "{digits}"
+DEFAULT_CONFIRM_PROMPT = (
+    "sound:you-entered",
+    DIGITS_PLACEHOLDER,
+    "sound:if-correct-press",
+    "digits:1",
+    "sound:otherwise-press",
+    "digits:2",
+)
+
+# Media lists may contain commas, which Stasis() splits into separate arguments; an argument
+# that does not start with "name=" continues the previous media list.
+_MEDIA_PARAMS = frozenset({"prompt", "invalid_prompt", "confirm_prompt"})
+_ARGUMENT = re.compile(r"^([a-z_]+)=(.*)$", re.DOTALL)
+_MEDIA_URI = re.compile(r"^(sound|digits|number|characters|recording|tone):\S+$|^\{digits\}$")
+_LABEL = re.compile(r"^[\w.\-:]{1,64}$")
+_TRUE = frozenset({"yes", "true", "1", "on", "y"})
+_FALSE = frozenset({"no", "false", "0", "off", "n"})
+
+
+class ParamError(ValueError):
+    """A parameter is unknown, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class Params:
+    min_digits: int = 1
+    max_digits: int = 32
+    dtmf_input_timeout: float = 4.0
+    no_input_timeout: float = 8.0
+    max_duration: float = 60.0
+    confirm_timeout: float = 5.0
+    stop_keys: frozenset[str] = frozenset("#")
+    ask_for_confirmation: bool = False
+    max_attempts: int = 3
+    prompt: tuple[str, ...] = DEFAULT_PROMPT
+    invalid_prompt: tuple[str, ...] = DEFAULT_INVALID_PROMPT
+    confirm_prompt: tuple[str, ...] = DEFAULT_CONFIRM_PROMPT
+    validate: str | None = None
+    sensitive: bool = False
+    label: str | None = None
+    # What the caller passed, normalised, for the audit record.
+    given: Mapping[str, str] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, object]:
+        """Parameters as stored with the entry (only plain JSON types)."""
+        return {
+            "min_digits": self.min_digits,
+            "max_digits": self.max_digits,
+            "dtmf_input_timeout": self.dtmf_input_timeout,
+            "no_input_timeout": self.no_input_timeout,
+            "max_duration": self.max_duration,
+            "confirm_timeout": self.confirm_timeout,
+            "dtmf_stop_event": "".join(sorted(self.stop_keys)) or "none",
+            "ask_for_confirmation": self.ask_for_confirmation,
+            "max_attempts": self.max_attempts,
+            "prompt": ",".join(self.prompt),
+            "invalid_prompt": ",".join(self.invalid_prompt),
+            "confirm_prompt": ",".join(self.confirm_prompt),
+            "validate": self.validate,
+            "sensitive": self.sensitive,
+            "label": self.label,
+        }
+
+
+def split_arguments(arguments: Iterable[str]) -> dict[str, str]:
+    """Turn Stasis-style ``name=value`` arguments into a mapping.
+
+    >>> split_arguments(["num_digits=4", "prompt=sound:a", "sound:b"])
+    {'num_digits': '4', 'prompt': 'sound:a,sound:b'}
+    """
+    values: dict[str, str] = {}
+    previous: str | None = None
+    for raw in arguments:
+        argument = raw.strip()
+        if not argument:
+            continue
+        match = _ARGUMENT.match(argument)
+        if match is None:
+            if previous in _MEDIA_PARAMS:
+                values[previous] += "," + argument
+                continue
+            raise ParamError(f"argument {_shorten(argument)!r} is not of the form name=value")
+        name, value = match.group(1), match.group(2).strip()
+        if name in values:
+            raise ParamError(f"parameter {name!r} is given twice")
+        values[name] = value
+        previous = name
+    return values
+
+
+def parse_params(values: Mapping[str, str]) -> Params:
+    """Validate named parameters; raises :class:`ParamError` with a readable message."""
+    unknown = sorted(set(values) - _KNOWN)
+    if unknown:
+        raise ParamError(f"unknown parameter {_shorten(unknown[0])!r}")
+    get = values.get
+
+    num_digits = _int(values, "num_digits", 1, MAX_DIGITS_LIMIT) if "num_digits" in values else None
+    if num_digits is not None:
+        if "min_digits" in values or "max_digits" in values:
+            raise ParamError("num_digits cannot be combined with min_digits or max_digits")
+        min_digits = max_digits = num_digits
+    else:
+        min_digits = (
+            _int(values, "min_digits", 1, MAX_DIGITS_LIMIT) if "min_digits" in values else 1
+        )
+        max_digits = (
+            _int(values, "max_digits", 1, MAX_DIGITS_LIMIT) if "max_digits" in values else 32
+        )
+        if min_digits > max_digits:
+            raise ParamError(f"min_digits ({min_digits}) is larger than max_digits ({max_digits})")
+
+    stop_keys = _stop_keys(get("dtmf_stop_event", "#"))
+    validate = get("validate") or None
+    if validate is not None and validate != "luhn":
+        if len(validate) > MAX_PATTERN_LENGTH:
+            raise ParamError(f"validate pattern is longer than {MAX_PATTERN_LENGTH} characters")
+        try:
+            re.compile(validate)
+        except re.error as exc:
+            raise ParamError(f"validate is not a valid regular expression: {exc}") from None
+
+    label = get("label") or None
+    if label is not None and not _LABEL.match(label):
+        raise ParamError("label must be 1-64 letters, digits or . - _ :")
+
+    return Params(
+        min_digits=min_digits,
+        max_digits=max_digits,
+        dtmf_input_timeout=_seconds(values, "dtmf_input_timeout", 4.0),
+        no_input_timeout=_seconds(values, "no_input_timeout", 8.0),
+        max_duration=_seconds(values, "max_duration", 60.0),
+        confirm_timeout=_seconds(values, "confirm_timeout", 5.0),
+        stop_keys=stop_keys,
+        ask_for_confirmation=_bool(values, "ask_for_confirmation", False),
+        max_attempts=_int(values, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+        if "max_attempts" in values
+        else 3,
+        prompt=_media(values, "prompt", DEFAULT_PROMPT),
+        invalid_prompt=_media(values, "invalid_prompt", DEFAULT_INVALID_PROMPT),
+        confirm_prompt=_media(values, "confirm_prompt", DEFAULT_CONFIRM_PROMPT),
+        validate=validate,
+        sensitive=_bool(values, "sensitive", False),
+        label=label,
+        given=dict(values),
+    )
+
+
+_KNOWN = frozenset(
+    {
+        "num_digits",
+        "min_digits",
+        "max_digits",
+        "dtmf_input_timeout",
+        "no_input_timeout",
+        "max_duration",
+        "confirm_timeout",
+        "dtmf_stop_event",
+        "ask_for_confirmation",
+        "max_attempts",
+        "prompt",
+        "invalid_prompt",
+        "confirm_prompt",
+        "validate",
+        "sensitive",
+        "label",
+    }
+)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _int(values: Mapping[str, str], name: str, low: int, high: int) -> int:
+    raw = values[name]
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ParamError(f"{name} must be a whole number, got {_shorten(raw)!r}") from None
+    if not low <= number <= high:
+        raise ParamError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
+    if name not in values:
+        return default
+    raw = values[name]
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ParamError(f"{name} must be a number of seconds, got {_shorten(raw)!r}") from None
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise ParamError(f"{name} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds")
+    return seconds
+
+
+def _bool(values: Mapping[str, str], name: str, default: bool) -> bool:
+    if name not in values:
+        return default
+    raw = values[name].lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ParamError(f"{name} must be yes or no, got {_shorten(values[name])!r}")
+
+
+def _stop_keys(raw: str) -> frozenset[str]:
+    if raw.lower() == "none" or raw == "":
+        return frozenset()
+    keys = frozenset(raw.upper())
+    if not keys <= DTMF_KEYS:
+        raise ParamError(
+            f"dtmf_stop_event must be keys from 0-9*#A-D or none, got {_shorten(raw)!r}"
+        )
+    return keys
+
+
+def _media(values: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if name not in values:
+        return default
+    items = tuple(item.strip() for item in values[name].split(",") if item.strip())
+    if not items:
+        raise ParamError(f"{name} is empty")
+    for item in items:
+        if not _MEDIA_URI.match(item):
+            raise ParamError(
+                f"{name} item {_shorten(item)!r} is not a media URI such as sound:beep or digits:12"
+            )
+    return items
