@@ -1,0 +1,119 @@
+"""SQLAlchemy table definitions for the entry store.
+
+Kept in step with ``migrations/versions``; ``tests/test_migrations.py`` runs
+``alembic check`` against these models on SQLite and PostgreSQL to catch drift.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable, explicit constraint names on every backend (SQLite and PostgreSQL would
+# otherwise pick different names, which breaks later migrations that drop or alter them).
+NAMING_CONVENTION: Final[dict[str, str]] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# 64-bit ids on PostgreSQL (BIGSERIAL); on SQLite only "INTEGER PRIMARY KEY" is an alias
+# of the 64-bit rowid and auto-increments, so use INTEGER there.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Entry(Base):
+    """One digit collection on one call."""
+
+    __tablename__ = "entries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(String(128))
+    channel_name: Mapped[str] = mapped_column(String(255))
+    caller_number: Mapped[str | None] = mapped_column(String(80))
+    caller_name: Mapped[str | None] = mapped_column(String(255))
+    label: Mapped[str | None] = mapped_column(String(128))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    transport: Mapped[str] = mapped_column(String(8))
+    asterisk_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sensitive: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # One of ari_app.store.records.ENTRY_STATUSES (validated by the Store, not the DB,
+    # so adding a status needs no migration).
+    status: Mapped[str] = mapped_column(String(16))
+    user_input: Mapped[str | None] = mapped_column(Text)
+    input_hash: Mapped[str | None] = mapped_column(String(128))
+    terminated_by: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    confirmed: Mapped[str] = mapped_column(String(16), server_default="not_asked")
+    error: Mapped[str | None] = mapped_column(Text)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    events: Mapped[list[EntryEvent]] = relationship(
+        back_populates="entry",
+        order_by="EntryEvent.seq",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    __table_args__ = (
+        Index("ix_entries_started_at", "started_at"),
+        Index("ix_entries_status_started_at", "status", "started_at"),
+        Index("ix_entries_label_started_at", "label", "started_at"),
+        Index("ix_entries_caller_number_started_at", "caller_number", "started_at"),
+        Index("ix_entries_channel_id", "channel_id"),
+    )
+
+
+class EntryEvent(Base):
+    """One step of an entry, ordered by ``seq`` (0, 1, 2, ... within the entry).
+
+    The primary key (entry_id, seq) doubles as the index used to load an entry's events
+    in order.
+    """
+
+    __tablename__ = "entry_events"
+
+    entry_id: Mapped[int] = mapped_column(
+        BigIntId,
+        ForeignKey("entries.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    digit: Mapped[str | None] = mapped_column(String(8))
+    source: Mapped[str | None] = mapped_column(String(8))
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    entry: Mapped[Entry] = relationship(back_populates="events")
+
+
+entries_table: Final = cast(Table, Entry.__table__)
+entry_events_table: Final = cast(Table, EntryEvent.__table__)

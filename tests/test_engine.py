@@ -1,0 +1,406 @@
+"""The collection rules, driven through the sans-I/O engine with a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from ari_app.engine import Confirmed, Digit, Source, Status, TerminatedBy, luhn_valid
+from tests.engine_driver import Driver
+
+
+def test_prompt_plays_first_then_digits_complete_at_max_digits() -> None:
+    d = Driver.start("num_digits=4")
+    assert d.playing is not None
+    assert d.playing.media == ("sound:please-enter-your", "sound:number")
+    d.finish_prompt()
+    d.keys("1234")
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "1234"
+    assert result.terminated_by is TerminatedBy.MAX_DIGITS
+    assert result.confirmed is Confirmed.NOT_ASKED
+    assert result.attempts == 1
+    assert [r.digit for r in result.digits] == list("1234")
+    assert all(r.source is Source.KEY and r.attempt == 1 for r in result.digits)
+
+
+def test_finishes_at_once_on_the_last_digit_without_waiting_for_a_timer() -> None:
+    d = Driver.start("num_digits=3", "dtmf_input_timeout=5")
+    d.finish_prompt()
+    d.keys("12")
+    assert d.result is None
+    d.keys("3", gap=0.01)
+    assert d.finished.status is Status.COMPLETED
+    assert d.timers == {}
+
+
+def test_type_ahead_during_prompt_is_kept_and_the_first_key_stops_the_prompt() -> None:
+    d = Driver.start("num_digits=3", "prompt=sound:a-long-prompt")
+    first_prompt = d.playing
+    assert first_prompt is not None
+    d.keys("4")
+    assert d.stopped == [first_prompt.playback]
+    assert d.playing is None
+    d.keys("56")
+    assert d.finished.user_input == "456"
+
+
+def test_prompt_finished_for_a_stopped_playback_is_ignored() -> None:
+    d = Driver.start("num_digits=2")
+    assert d.playing is not None
+    stopped = d.playing.playback
+    d.keys("1")
+    from ari_app.engine import PromptFinished
+
+    assert d.send(PromptFinished(stopped, d.now)) == []
+    d.keys("2")
+    assert d.finished.user_input == "12"
+
+
+def test_stop_key_completes_with_at_least_min_digits_and_is_not_stored() -> None:
+    d = Driver.start("min_digits=2", "max_digits=10")
+    d.finish_prompt()
+    d.keys("123#")
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "123"
+    assert result.terminated_by is TerminatedBy.STOP_KEY
+
+
+def test_several_stop_keys_and_none() -> None:
+    d = Driver.start("max_digits=10", "dtmf_stop_event=*#")
+    d.finish_prompt()
+    d.keys("12*")
+    assert d.finished.user_input == "12"
+
+    d = Driver.start("max_digits=4", "dtmf_stop_event=none")
+    d.finish_prompt()
+    d.keys("12#4")
+    assert d.finished.user_input == "12#4"
+
+
+def test_stop_key_with_no_digits_counts_as_no_input() -> None:
+    d = Driver.start("max_digits=10", "max_attempts=1")
+    d.finish_prompt()
+    d.keys("#")
+    assert d.finished.status is Status.NO_INPUT
+
+
+def test_stop_key_below_min_digits_is_short() -> None:
+    d = Driver.start("min_digits=4", "max_digits=10", "max_attempts=1")
+    d.finish_prompt()
+    d.keys("12#")
+    assert d.finished.status is Status.SHORT
+    assert d.finished.user_input == "12"
+
+
+def test_per_digit_timer_restarts_after_each_digit_and_completes_with_min_digits() -> None:
+    d = Driver.start("min_digits=2", "max_digits=10", "dtmf_input_timeout=2")
+    d.finish_prompt()
+    d.keys("12", gap=1.5)  # each gap is below the 2 s timeout because the timer restarts
+    assert d.result is None
+    d.keys("3", gap=1.9)
+    assert d.result is None
+    d.advance(2.0)
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "123"
+    assert result.terminated_by is TerminatedBy.TIMEOUT
+
+
+def test_per_digit_timeout_below_min_digits_is_a_short_entry() -> None:
+    d = Driver.start("min_digits=4", "max_digits=8", "max_attempts=1", "dtmf_input_timeout=2")
+    d.finish_prompt()
+    d.keys("12")
+    d.advance(2.0)
+    assert d.finished.status is Status.SHORT
+    assert d.finished.user_input == "12"
+
+
+def test_no_input_timer_starts_when_the_prompt_ends() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=3", "max_attempts=1")
+    d.advance(10)  # the prompt is still playing: no-input does not run yet
+    assert d.result is None
+    d.finish_prompt()
+    d.advance(2.9)
+    assert d.result is None
+    d.advance(0.2)
+    assert d.finished.status is Status.NO_INPUT
+    assert d.finished.user_input == ""
+
+
+def test_failed_attempt_plays_invalid_prompt_then_prompt_and_retries() -> None:
+    d = Driver.start("num_digits=2", "no_input_timeout=3", "invalid_prompt=sound:bad")
+    d.finish_prompt()
+    d.advance(3)
+    assert d.result is None
+    assert d.playing is not None
+    assert d.playing.media == ("sound:bad", "sound:please-enter-your", "sound:number")
+    d.finish_prompt()
+    d.keys("42")
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.attempts == 2
+    assert result.user_input == "42"
+    assert {r.attempt for r in result.digits} == {2}
+    assert ("attempt", 1, "no_input") in [(s.kind, s.attempt, s.detail) for s in result.steps]
+
+
+def test_gives_up_after_max_attempts_with_the_last_failure_as_status() -> None:
+    d = Driver.start("num_digits=4", "max_attempts=3", "no_input_timeout=1", "dtmf_input_timeout=1")
+    d.finish_prompt()
+    d.advance(1)  # attempt 1: no input
+    d.finish_prompt()
+    d.keys("1")
+    d.advance(1)  # attempt 2: short
+    d.finish_prompt()
+    d.keys("12")
+    d.advance(1)  # attempt 3: short
+    result = d.finished
+    assert result.status is Status.SHORT
+    assert result.attempts == 3
+    assert result.user_input == "12"
+
+
+def test_max_duration_limits_one_attempt() -> None:
+    d = Driver.start("max_digits=30", "max_duration=5", "dtmf_input_timeout=4", "max_attempts=1")
+    d.finish_prompt()
+    d.keys("1234567", gap=0.7)  # 4.9 s in
+    d.advance(0.2)
+    assert d.finished.status is Status.COMPLETED
+    assert d.finished.terminated_by is TerminatedBy.TIMEOUT
+
+
+def test_validation_luhn_and_regex() -> None:
+    d = Driver.start("num_digits=4", "validate=luhn", "max_attempts=1")
+    d.finish_prompt()
+    d.keys("1234")
+    assert d.finished.status is Status.INVALID
+    assert d.finished.user_input == "1234"
+
+    d = Driver.start("num_digits=4", "validate=luhn")
+    d.finish_prompt()
+    d.keys("4242")
+    assert d.finished.status is Status.COMPLETED
+
+    d = Driver.start("num_digits=3", "validate=[1-5]{3}", "max_attempts=2")
+    d.finish_prompt()
+    d.keys("129")
+    assert d.result is None  # invalid: asks again
+    d.finish_prompt()
+    d.keys("123")
+    assert d.finished.status is Status.COMPLETED
+    assert d.finished.attempts == 2
+
+
+def test_luhn() -> None:
+    assert luhn_valid("4111111111111111")
+    assert luhn_valid("79927398713")
+    assert not luhn_valid("79927398710")
+    assert not luhn_valid("")
+    assert not luhn_valid("12a4")
+
+
+def confirm_flow(*extra: str) -> Driver:
+    d = Driver.start("num_digits=3", "ask_for_confirmation=yes", "confirm_timeout=3", *extra)
+    d.finish_prompt()
+    d.keys("555")
+    assert d.result is None
+    assert d.playing is not None and d.playing.reads_digits
+    return d
+
+
+def test_confirmation_reads_digits_back_and_1_confirms() -> None:
+    d = confirm_flow()
+    assert d.playing is not None
+    assert d.playing.media == (
+        "sound:you-entered",
+        "digits:555",
+        "sound:if-correct-press",
+        "digits:1",
+        "sound:otherwise-press",
+        "digits:2",
+    )
+    d.finish_prompt()
+    d.keys("1")
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.confirmed is Confirmed.YES
+    assert result.user_input == "555"
+
+
+def test_confirmation_key_barges_into_the_read_back() -> None:
+    d = confirm_flow()
+    readback = d.playing
+    assert readback is not None
+    d.keys("1")
+    assert readback.playback in d.stopped
+    assert d.finished.confirmed is Confirmed.YES
+
+
+def test_rejecting_starts_a_new_attempt_and_the_confirmed_digits_are_stored() -> None:
+    d = confirm_flow()
+    d.finish_prompt()
+    d.keys("2")
+    assert d.result is None
+    assert d.playing is not None and not d.playing.reads_digits  # the prompt again
+    d.finish_prompt()
+    d.keys("556")
+    d.finish_prompt()
+    d.keys("1")
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "556"
+    assert result.attempts == 2
+    assert result.confirmed is Confirmed.YES
+    answers = [s.detail for s in result.steps if s.kind == "confirmation"]
+    assert answers == ["no (key)", "yes (key)"]
+
+
+def test_rejecting_on_the_last_attempt_ends_rejected() -> None:
+    d = confirm_flow("max_attempts=1")
+    d.finish_prompt()
+    d.keys("2")
+    assert d.finished.status is Status.REJECTED
+    assert d.finished.confirmed is Confirmed.NO
+
+
+def test_unanswered_confirmation_repeats_once_then_ends_unconfirmed() -> None:
+    d = confirm_flow()
+    d.finish_prompt()
+    d.advance(3)
+    assert d.result is None
+    assert d.playing is not None and d.playing.reads_digits  # asked again
+    d.finish_prompt()
+    d.advance(3)
+    result = d.finished
+    assert result.status is Status.UNCONFIRMED
+    assert result.confirmed is Confirmed.UNANSWERED
+    assert result.user_input == "555"
+
+
+def test_other_keys_during_confirmation_are_ignored() -> None:
+    d = confirm_flow()
+    d.finish_prompt()
+    d.keys("9#")
+    assert d.result is None
+    d.keys("1")
+    assert d.finished.confirmed is Confirmed.YES
+
+
+def test_voice_digits_follow_the_same_rules_and_mix_with_keys() -> None:
+    d = Driver.start("num_digits=4")
+    d.finish_prompt()
+    d.keys("12")
+    d.keys("34", source=Source.VOICE)
+    result = d.finished
+    assert result.user_input == "1234"
+    assert [r.source for r in result.digits] == [Source.KEY] * 2 + [Source.VOICE] * 2
+
+
+def test_hangup_ends_with_what_was_collected() -> None:
+    d = Driver.start("num_digits=6")
+    d.finish_prompt()
+    d.keys("123")
+    d.hangup()
+    result = d.finished
+    assert result.status is Status.HANGUP
+    assert result.user_input == "123"
+    assert d.send(Digit("4", d.now)) == []  # nothing happens after the end
+
+
+def test_hangup_during_prompt_stops_it_and_cancels_timers() -> None:
+    d = Driver.start("num_digits=6")
+    d.hangup()
+    assert d.finished.status is Status.HANGUP
+    assert d.timers == {}
+    assert d.playing is None
+
+
+def test_hangup_during_confirmation_is_unanswered() -> None:
+    d = confirm_flow()
+    d.hangup()
+    assert d.finished.status is Status.HANGUP
+    assert d.finished.confirmed is Confirmed.UNANSWERED
+    assert d.finished.user_input == "555"
+
+
+def test_lost_connection_ends_interrupted() -> None:
+    d = Driver.start("num_digits=6")
+    d.finish_prompt()
+    d.keys("12")
+    d.lose_connection()
+    assert d.finished.status is Status.INTERRUPTED
+    assert d.finished.user_input == "12"
+
+
+def test_stale_timer_token_is_ignored() -> None:
+    d = Driver.start("max_digits=5", "dtmf_input_timeout=2")
+    d.finish_prompt()
+    d.keys("1")
+    _, old_token = d.timers[next(iter(d.timers))]
+    d.keys("2")  # restarts the per-digit timer with a new token
+    from ari_app.engine import Timer, TimerFired
+
+    assert d.send(TimerFired(Timer.INTER_DIGIT, old_token, d.now)) == []
+    assert d.result is None
+
+
+def test_digit_timing_is_recorded_in_ms_since_start() -> None:
+    d = Driver.start("num_digits=2")
+    d.advance(1.0)
+    d.finish_prompt()
+    d.keys("12", gap=0.5)
+    assert [r.at_ms for r in d.finished.digits] == [1500, 2000]
+    assert [r.duration_ms for r in d.finished.digits] == [120, 120]
+
+
+def test_invalid_keys_are_ignored() -> None:
+    d = Driver.start("num_digits=2")
+    d.send(Digit("x", d.now))
+    d.send(Digit("12", d.now))
+    d.keys("12")
+    assert d.finished.user_input == "12"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["colour=blue"], "unknown parameter 'colour'"),
+        (["num_digits=0"], "num_digits must be between 1 and 64"),
+        (["max_digits=10000"], "max_digits must be between 1 and 64"),
+        (["validate=[0-9"], "validate is not a valid regular expression"),
+        (["dtmf_input_timeout=-1"], "dtmf_input_timeout must be more than 0"),
+        (["num_digits=four"], "num_digits must be a whole number"),
+        (["min_digits=5", "max_digits=4"], "min_digits (5) is larger than max_digits (4)"),
+        (["ask_for_confirmation=maybe"], "ask_for_confirmation must be yes or no"),
+        (["dtmf_stop_event=x"], "dtmf_stop_event must be keys"),
+        (["just-text"], "is not of the form name=value"),
+        (["num_digits=4", "num_digits=5"], "given twice"),
+        (["prompt=http://evil"], "is not a media URI"),
+        (["no_input_timeout=nan"], "no_input_timeout must be more than 0"),
+    ],
+)
+def test_bad_parameters_end_the_entry_with_error_and_never_raise(
+    arguments: list[str], message: str
+) -> None:
+    d = Driver.start(*arguments)
+    result = d.finished
+    assert result.status is Status.ERROR
+    assert result.error is not None and message in result.error
+    assert result.attempts == 0
+    assert d.played == []
+
+
+def test_media_lists_split_by_stasis_commas_are_rejoined() -> None:
+    d = Driver.start("num_digits=1", "prompt=sound:hello", "sound:world", "label=x")
+    assert d.playing is not None
+    assert d.playing.media == ("sound:hello", "sound:world")
+    params = d.collector.params
+    assert params is not None and params.label == "x"
+
+
+def test_confirm_prompt_without_placeholder_appends_the_digits() -> None:
+    d = confirm_flow("confirm_prompt=sound:you-entered")
+    assert d.playing is not None
+    assert d.playing.media == ("sound:you-entered", "digits:555")
