@@ -18,16 +18,15 @@ MAX_ATTEMPTS_LIMIT = 10
 MAX_TIMEOUT_SECONDS = 600.0
 MAX_PATTERN_LENGTH = 200
 
-DEFAULT_PROMPT = ("sound:please-enter-your", "sound:number")
-DEFAULT_INVALID_PROMPT = ("sound:option-is-invalid",)
+# Stock Asterisk core sounds (asterisk-core-sounds-en); real deployments pass their own prompt.
+DEFAULT_PROMPT = ("sound:beep",)
+DEFAULT_INVALID_PROMPT = ("sound:please-try-again",)
 DIGITS_PLACEHOLDER = "{digits}"
 DEFAULT_CONFIRM_PROMPT = (
     "sound:you-entered",
     DIGITS_PLACEHOLDER,
     "sound:if-correct-press",
     "digits:1",
-    "sound:otherwise-press",
-    "digits:2",
 )
 
 # Media lists may contain commas, which Stasis() splits into separate arguments; an argument

@@ -1,0 +1,212 @@
+"""The Stasis application: one connection to ARI, kept alive, routing events to call tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ari_app.ari.client import AriClient, AriUnavailable
+from ari_app.ari.events import (
+    ChannelLeft,
+    DtmfReceived,
+    MalformedEvent,
+    PlaybackFinished,
+    StasisStarted,
+    is_own_channel,
+    parse_event,
+)
+from ari_app.call import CallInfo, CallSession, EntryStore, TransportError
+from ari_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FIRST_RECONNECT_DELAY = 0.5
+
+ClientFactory = Callable[[Settings], AriClient]
+
+
+def default_client(settings: Settings) -> AriClient:
+    return AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+
+
+class AriCallPort:
+    """A session's view of its channel, through whatever ARI connection is current."""
+
+    def __init__(self, app: AriApplication, channel_id: str) -> None:
+        self._app = app
+        self._channel_id = channel_id
+
+    def _client(self) -> AriClient:
+        client = self._app.client
+        if client is None:
+            raise TransportError("ARI is disconnected")
+        return client
+
+    async def answer(self) -> None:
+        await self._client().answer(self._channel_id)
+
+    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+        await self._client().play(self._channel_id, playback_id, media)
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self._client().stop_playback(playback_id)
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None:
+        client = self._client()
+        await asyncio.gather(
+            *(client.set_variable(self._channel_id, k, v) for k, v in variables.items())
+        )
+
+    async def release(self) -> None:
+        await self._client().continue_in_dialplan(self._channel_id)
+
+
+class AriApplication:
+    """Keeps one ARI connection alive and runs one :class:`CallSession` task per caller."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EntryStore,
+        *,
+        client_factory: ClientFactory = default_client,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._client_factory = client_factory
+        self.client: AriClient | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.sessions: dict[str, CallSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> None:
+        """Connect, listen, and reconnect with capped exponential backoff; runs until cancelled."""
+        delay = FIRST_RECONNECT_DELAY
+        attempt = 0
+        while True:
+            client = self._client_factory(self._settings)
+            listening: asyncio.Task[None] | None = None
+            try:
+                await client.connect()
+                opened = asyncio.Event()
+                listening = asyncio.create_task(client.listen(self.dispatch, opened))
+                # The websocket must be up before we tell anyone we are ready (an originate into
+                # an app without a websocket is accepted, then the channel dies).
+                await self._wait_until_subscribed(listening, opened)
+                self.client = client
+                self.connected.set()
+                if attempt:
+                    self.reconnects += 1
+                    log.info("reconnected to ARI at %s", self._settings.ari_url)
+                    await self._reconcile_sessions()
+                else:
+                    log.info("connected to ARI at %s as app %r", client.base_url, client.app)
+                delay = FIRST_RECONNECT_DELAY
+                await listening
+                log.warning("ARI event websocket closed")
+            except AriUnavailable as exc:
+                log.warning("ARI unavailable: %s", exc)
+            finally:
+                if listening is not None and not listening.done():
+                    listening.cancel()
+                    await asyncio.gather(listening, return_exceptions=True)
+                self.connected.clear()
+                self.client = None
+                await client.close()
+            attempt += 1
+            log.info("reconnecting to ARI in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._settings.reconnect_max_delay)
+
+    @staticmethod
+    async def _wait_until_subscribed(listening: asyncio.Task[None], opened: asyncio.Event) -> None:
+        waiter = asyncio.create_task(opened.wait())
+        try:
+            await asyncio.wait({listening, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if listening.done():
+            await listening  # re-raises why it ended
+            raise AriUnavailable("the event websocket closed at once")
+
+    async def _reconcile_sessions(self) -> None:
+        """After a reconnect: entries whose channels vanished meanwhile end as interrupted."""
+        client = self.client
+        if client is None:
+            return
+        for channel_id, session in list(self.sessions.items()):
+            try:
+                alive = await client.channel_exists(channel_id)
+            except TransportError:
+                continue
+            if not alive:
+                log.info("channel %s vanished while ARI was disconnected", channel_id)
+                session.deliver_connection_lost()
+
+    def dispatch(self, raw: dict[str, Any]) -> None:
+        """Route one event; runs inside the websocket reader, so it only enqueues."""
+        try:
+            event = parse_event(raw)
+        except MalformedEvent as exc:
+            log.error("dropped a malformed ARI event: %s", exc)
+            return
+        match event:
+            case StasisStarted():
+                self._start_session(event)
+            case DtmfReceived():
+                if session := self.sessions.get(event.channel_id):
+                    session.deliver_digit(event.digit, duration_ms=event.duration_ms)
+            case PlaybackFinished():
+                if session := self.sessions.get(event.channel_id):
+                    session.deliver_playback_finished(event.playback_id)
+            case ChannelLeft():
+                if session := self.sessions.get(event.channel_id):
+                    session.deliver_hangup()
+            case None:
+                pass
+
+    def _start_session(self, event: StasisStarted) -> None:
+        channel = event.channel
+        if is_own_channel(channel):
+            return
+        if channel.id in self.sessions:
+            log.error("channel %s entered Stasis twice; ignoring the second", channel.id)
+            return
+        info = CallInfo(
+            channel_id=channel.id,
+            channel_name=channel.name,
+            caller_number=channel.caller_number,
+            caller_name=channel.caller_name,
+            asterisk_id=event.asterisk_id,
+            transport="ari",
+            needs_answer=channel.state == "Ring",
+        )
+        session = CallSession(
+            info,
+            event.args,
+            AriCallPort(self, channel.id),
+            self._store,
+            hash_key=self._settings.hash_key,
+        )
+        self.sessions[channel.id] = session
+        task = asyncio.create_task(self._run_session(session), name=f"call-{channel.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_session(self, session: CallSession) -> None:
+        try:
+            await session.run()
+        except Exception:
+            log.exception("channel %s: the call task failed", session.info.channel_id)
+        finally:
+            self.sessions.pop(session.info.channel_id, None)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Let running entries end as interrupted and store their rows before exiting."""
+        for session in self.sessions.values():
+            session.deliver_connection_lost()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)

@@ -1,0 +1,176 @@
+"""aioari, wrapped once.
+
+What we keep from aioari: its Swagger-driven REST operations (validated against the running
+Asterisk's own API description). What we fix here, once:
+
+* Its HTTP client puts the websocket credentials in the query string unencoded, and would send
+  Basic auth as a *query parameter* on the websocket: we send a proper ``Authorization`` header
+  (built by hand: aiohttp 3.14 deprecates ``aiohttp.BasicAuth``) and a heartbeat so a dead TCP
+  connection is noticed.
+* Its ``Client.run`` calls event callbacks inside the websocket reader and stops reading on one
+  malformed message: :meth:`AriClient.listen` reads the socket itself, drops bad messages with a
+  log line, and hands each event to a *synchronous* callback that must only enqueue.
+* It never reconnects: :class:`ari_app.ari.app.AriApplication` owns the reconnect loop.
+* It hands StasisStart (and every event) over as a raw dict: :mod:`ari_app.ari.events` turns
+  dicts into typed events and rejects malformed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aioari.client import Client as AioariClient
+from aiohttp import web_exceptions
+from aioswagger11.http_client import AsynchronousHttpClient, BasicAuthenticator
+
+from ari_app.call import ChannelGone, TransportError
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+HEARTBEAT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+
+class AriUnavailable(Exception):
+    """Asterisk's ARI could not be reached or refused our credentials."""
+
+
+class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
+    """aioswagger11's client with a correct websocket handshake and request timeouts."""
+
+    def __init__(self, host: str, user: str, password: str) -> None:
+        super().__init__(auth=BasicAuthenticator(host, user, password))
+        self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.session._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+
+    async def ws_connect(
+        self, url: str, params: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        query = urllib.parse.urlencode(params or {})
+        socket: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(
+            f"{url}?{query}" if query else url,
+            headers={"Authorization": self._authorization},
+            heartbeat=HEARTBEAT_SECONDS,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
+        self.websockets.add(socket)
+        return socket
+
+
+class AriClient:
+    """A typed face over one aioari connection: REST calls and the event stream."""
+
+    def __init__(self, base_url: str, user: str, password: str, app: str) -> None:
+        self.base_url = base_url
+        self.app = app
+        self._user = user
+        self._password = password
+        self._client: Any = None
+        self._http: _AriHttpClient | None = None
+
+    async def connect(self) -> None:
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        self._http = _AriHttpClient(host, self._user, self._password)
+        client = AioariClient(self.base_url, self._http)
+        try:
+            await client.init()
+        except web_exceptions.HTTPUnauthorized:
+            await self.close()
+            raise AriUnavailable(f"ARI at {self.base_url} refused user {self._user!r}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError, web_exceptions.HTTPException) as exc:
+            await self.close()
+            raise AriUnavailable(f"ARI at {self.base_url} is not reachable: {exc!r}") from None
+        self._client = client
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        self._http = None
+        self._client = None
+
+    async def listen(self, on_event: Callable[[JsonObject], None], opened: asyncio.Event) -> None:
+        """Read the event websocket until it closes; ``on_event`` must not block.
+
+        ``opened`` is set once the handshake is done: Asterisk has registered the application.
+        """
+        try:
+            socket = await self._client.events.eventWebsocket(app=self.app)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AriUnavailable(f"cannot open the ARI event websocket: {exc!r}") from None
+        opened.set()
+        try:
+            async for message in socket:
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    if message.type is aiohttp.WSMsgType.ERROR:
+                        log.warning("ARI websocket error: %s", socket.exception())
+                    continue
+                try:
+                    event = json.loads(message.data)
+                except ValueError:
+                    log.error(
+                        "dropped an ARI message that is not JSON (%d bytes)", len(message.data)
+                    )
+                    continue
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                    log.error("dropped an ARI message without an event type")
+                    continue
+                on_event(event)
+        finally:
+            await socket.close()
+
+    # --- REST, in telephony terms ---------------------------------------------------------
+
+    async def answer(self, channel_id: str) -> None:
+        await self._call("channels", "answer", channelId=channel_id)
+
+    async def play(self, channel_id: str, playback_id: str, media: Sequence[str]) -> None:
+        # ARI wants one comma-separated value: repeated parameters keep only the last.
+        await self._call(
+            "channels", "play", channelId=channel_id, playbackId=playback_id, media=",".join(media)
+        )
+
+    async def stop_playback(self, playback_id: str) -> None:
+        with contextlib.suppress(ChannelGone):  # the playback had already finished
+            await self._call("playbacks", "stop", playbackId=playback_id)
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self._call(
+            "channels", "setChannelVar", channelId=channel_id, variable=name, value=value
+        )
+
+    async def continue_in_dialplan(self, channel_id: str) -> None:
+        await self._call("channels", "continueInDialplan", channelId=channel_id)
+
+    async def hangup(self, channel_id: str) -> None:
+        await self._call("channels", "hangup", channelId=channel_id)
+
+    async def channel_exists(self, channel_id: str) -> bool:
+        try:
+            await self._call("channels", "get", channelId=channel_id)
+        except ChannelGone:
+            return False
+        return True
+
+    async def _call(self, resource: str, operation: str, **params: str) -> Any:
+        if self._client is None:
+            raise TransportError("not connected to ARI")
+        try:
+            return await getattr(getattr(self._client, resource), operation)(**params)
+        except (web_exceptions.HTTPNotFound, web_exceptions.HTTPConflict) as exc:
+            # 404: no such channel or playback; 409: the channel is not in our application.
+            raise ChannelGone(f"{resource}.{operation}: {exc.status_code}") from None
+        except web_exceptions.HTTPException as exc:
+            raise TransportError(
+                f"{resource}.{operation}: HTTP {exc.status_code} {exc.text}"
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransportError(f"{resource}.{operation}: {exc!r}") from None
