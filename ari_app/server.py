@@ -91,6 +91,3 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # aioari logs every swagger operation at INFO ("No mapping for ..."); keep ours readable.
-    logging.getLogger("aioari").setLevel(logging.WARNING)
-    logging.getLogger("aioswagger11").setLevel(logging.WARNING)

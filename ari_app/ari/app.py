@@ -109,6 +109,9 @@ class AriApplication:
                 log.warning("ARI event websocket closed")
             except AriUnavailable as exc:
                 log.warning("ARI unavailable: %s", exc)
+            except Exception:
+                # Whatever went wrong, the application must come back: log it and reconnect.
+                log.exception("the ARI connection failed")
             finally:
                 if listening is not None and not listening.done():
                     listening.cancel()

@@ -35,6 +35,11 @@ from ari_app.call import ChannelGone, TransportError
 
 log = logging.getLogger(__name__)
 
+# aioswagger11 logs every request's parameters at DEBUG, and those carry the digits we set as
+# channel variables and read back: keep its chatter out of the logs whatever the root level.
+for _chatty in ("aioswagger11", "aioari"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
 JsonObject = dict[str, Any]
 HEARTBEAT_SECONDS = 10.0
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -103,7 +108,8 @@ class AriClient:
         ``opened`` is set once the handshake is done: Asterisk has registered the application.
         """
         try:
-            socket = await self._client.events.eventWebsocket(app=self.app)
+            # Through swagger directly: aioari's repository would try to read the socket as a body.
+            socket = await self._client.swagger.events.eventWebsocket(app=self.app)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise AriUnavailable(f"cannot open the ARI event websocket: {exc!r}") from None
         opened.set()

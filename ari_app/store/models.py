@@ -104,7 +104,7 @@ class EntryEvent(Base):
         autoincrement=False,
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int] = mapped_column(Integer)
     at_ms: Mapped[int] = mapped_column(BigInteger)
     digit: Mapped[str | None] = mapped_column(String(8))

@@ -34,8 +34,9 @@ ENTRY_STATUSES: Final[frozenset[str]] = FINAL_STATUSES | {STATUS_IN_PROGRESS}
 
 TRANSPORTS: Final[frozenset[str]] = frozenset({"ari", "agi"})
 CONFIRMED_VALUES: Final[frozenset[str]] = frozenset({"yes", "no", "unanswered", "not_asked"})
+# Known event kinds (documentation; the store accepts any kind up to 32 characters).
 EVENT_KINDS: Final[frozenset[str]] = frozenset(
-    {"digit", "prompt", "confirmation", "attempt", "utterance", "note"}
+    {"digit", "prompt", "confirmation", "attempt", "utterance", "note", "stop_key"}
 )
 EVENT_SOURCES: Final[frozenset[str]] = frozenset({"key", "voice"})
 
@@ -63,7 +64,7 @@ class EntryStart:
 class StoredEvent:
     """One step of an entry: a digit, a prompt played, a confirmation answer, ..."""
 
-    kind: str  # one of EVENT_KINDS
+    kind: str  # see EVENT_KINDS
     attempt: int
     at_ms: int  # milliseconds since the entry started
     digit: str | None = None

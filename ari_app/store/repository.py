@@ -1,0 +1,426 @@
+"""Async persistence of entries and their events (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+from sqlalchemy import ColumnElement, event, insert, select, text, update
+from sqlalchemy.engine import URL, RowMapping, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .models import entries_table, entry_events_table
+from .records import (
+    CONFIRMED_VALUES,
+    FINAL_STATUSES,
+    STALE_ERROR,
+    STATUS_IN_PROGRESS,
+    STATUS_INTERRUPTED,
+    TRANSPORTS,
+    EntryOutcome,
+    EntryStart,
+    StoredEntry,
+    StoredEvent,
+)
+
+__all__ = [
+    "EntryAlreadyFinishedError",
+    "EntryNotFoundError",
+    "Store",
+    "normalize_url",
+]
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+# What the store writes instead of the real value in events of sensitive entries.
+REDACTED_DIGIT: Final = "*"
+REDACTED_DETAIL: Final = "[redacted]"
+
+_E = entries_table.c
+_V = entry_events_table.c
+_ENTRY_COLUMNS: Final = (
+    _E.id,
+    _E.channel_id,
+    _E.channel_name,
+    _E.caller_number,
+    _E.caller_name,
+    _E.label,
+    _E.parameters,
+    _E.transport,
+    _E.asterisk_id,
+    _E.started_at,
+    _E.sensitive,
+    _E.status,
+    _E.user_input,
+    _E.input_hash,
+    _E.terminated_by,
+    _E.attempts,
+    _E.confirmed,
+    _E.error,
+    _E.ended_at,
+)
+_EVENT_COLUMNS: Final = (
+    _V.seq,
+    _V.kind,
+    _V.attempt,
+    _V.at_ms,
+    _V.digit,
+    _V.source,
+    _V.duration_ms,
+    _V.detail,
+)
+
+
+class EntryNotFoundError(LookupError):
+    """``finish_entry`` was given an id that does not exist."""
+
+
+class EntryAlreadyFinishedError(RuntimeError):
+    """``finish_entry`` was called for an entry that is no longer ``in_progress``."""
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Return ``url`` with an async driver: ``sqlite://`` -> ``sqlite+aiosqlite://``,
+    ``postgresql://`` / ``postgres://`` (or a sync PG driver) -> ``postgresql+asyncpg://``.
+    """
+    parsed = make_url(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        if driver != "aiosqlite":
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        if driver != "asyncpg":
+            parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ValueError(
+            f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+            "use sqlite[+aiosqlite]:///path or postgresql[+asyncpg]://..."
+        )
+    return parsed
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first so the WAL switch itself waits instead of failing if another
+        # connection/process holds the database.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL: readers never block the writer and vice versa. NORMAL sync is safe in WAL
+        # mode (no corruption; at worst the last commits are lost on power failure).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # SQLite ignores FOREIGN KEY (and so ON DELETE CASCADE) unless enabled per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def create_engine_for_url(url: str | URL) -> AsyncEngine:
+    """Create the async engine the Store uses (driver upgrade, pool, SQLite pragmas)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # SQLAlchemy picks AsyncAdaptedQueuePool (5 + 10 overflow) for a file database and
+        # StaticPool for :memory:; its defaults are right here, because writes are
+        # serialised by Store's lock and only reads run concurrently.
+        engine = create_async_engine(parsed)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    else:
+        engine = create_async_engine(
+            parsed,
+            pool_size=10,
+            max_overflow=10,
+            pool_timeout=30,
+            # Survive PostgreSQL restarts / idle connections dropped by the network.
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+    return engine
+
+
+def _aware_utc(name: str, value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def _from_db_datetime(value: datetime) -> datetime:
+    # SQLite has no time zone storage: values were written as UTC and come back naive.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _check_choice(name: str, value: str | None, allowed: Iterable[str]) -> None:
+    allowed_set = frozenset(allowed)
+    if value not in allowed_set:
+        raise ValueError(f"{name} must be one of {sorted(allowed_set)}, got {value!r}")
+
+
+def _entry_from_row(row: RowMapping, events: tuple[StoredEvent, ...] = ()) -> StoredEntry:
+    ended_at = row[_E.ended_at]
+    return StoredEntry(
+        id=int(row[_E.id]),
+        channel_id=row[_E.channel_id],
+        channel_name=row[_E.channel_name],
+        caller_number=row[_E.caller_number],
+        caller_name=row[_E.caller_name],
+        label=row[_E.label],
+        parameters=dict(row[_E.parameters] or {}),
+        transport=row[_E.transport],
+        asterisk_id=row[_E.asterisk_id],
+        started_at=_from_db_datetime(row[_E.started_at]),
+        sensitive=bool(row[_E.sensitive]),
+        status=row[_E.status],
+        user_input=row[_E.user_input],
+        input_hash=row[_E.input_hash],
+        terminated_by=row[_E.terminated_by],
+        attempts=int(row[_E.attempts]),
+        confirmed=row[_E.confirmed],
+        error=row[_E.error],
+        ended_at=None if ended_at is None else _from_db_datetime(ended_at),
+        events=events,
+    )
+
+
+def _event_from_row(row: RowMapping) -> StoredEvent:
+    return StoredEvent(
+        kind=row[_V.kind],
+        attempt=int(row[_V.attempt]),
+        at_ms=int(row[_V.at_ms]),
+        digit=row[_V.digit],
+        source=row[_V.source],
+        duration_ms=row[_V.duration_ms],
+        detail=row[_V.detail],
+    )
+
+
+def _event_rows(
+    entry_id: int, events: Sequence[StoredEvent], *, sensitive: bool
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for seq, ev in enumerate(events):
+        digit = ev.digit
+        detail = ev.detail
+        if sensitive:
+            # Defence in depth: the caller masks user_input, but per-digit events (and a
+            # speech transcript) would otherwise store the full sensitive number.
+            if digit is not None:
+                digit = REDACTED_DIGIT
+            if ev.kind == "utterance" and detail is not None:
+                detail = REDACTED_DETAIL
+        rows.append(
+            {
+                "entry_id": entry_id,
+                "seq": seq,
+                "kind": ev.kind,
+                "attempt": ev.attempt,
+                "at_ms": ev.at_ms,
+                "digit": digit,
+                "source": ev.source,
+                "duration_ms": ev.duration_ms,
+                "detail": detail,
+            }
+        )
+    return rows
+
+
+class Store:
+    """Entry persistence over an async SQLAlchemy engine.
+
+    Create with :meth:`from_url`; the schema must already exist (see
+    ``ari_app.store.migrate.upgrade_to_head``). Call :meth:`close` (or use
+    ``async with``) to dispose of the connection pool. A Store must be used from a single
+    event loop.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite allows a single writer per database file. With many calls finishing at
+        # once, concurrent write transactions from our own pool would queue inside SQLite
+        # on busy_timeout, and a long queue ends in "database is locked". Serialising
+        # writes in-process makes them wait on this lock instead (cheap, fair, no timeout)
+        # and leaves busy_timeout only for other processes (migrations, CLI tools). The
+        # lock is taken *before* a pooled connection is checked out, so queued writers do
+        # not starve readers of connections. PostgreSQL has row-level locking: no lock.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``; plain
+        ``sqlite:///path`` / ``postgresql://...`` are upgraded to the async drivers."""
+        return cls(create_engine_for_url(url))
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._engine.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self._engine.begin() as conn:
+                yield conn
+
+    async def start_entry(self, start: EntryStart) -> int:
+        """Insert a new ``in_progress`` entry and return its id."""
+        _check_choice("transport", start.transport, TRANSPORTS)
+        started_at = _aware_utc("started_at", start.started_at)
+        stmt = (
+            insert(entries_table)
+            .values(
+                channel_id=start.channel_id,
+                channel_name=start.channel_name,
+                caller_number=start.caller_number,
+                caller_name=start.caller_name,
+                label=start.label,
+                parameters=start.parameters,
+                transport=start.transport,
+                asterisk_id=start.asterisk_id,
+                started_at=started_at,
+                sensitive=start.sensitive,
+                status=STATUS_IN_PROGRESS,
+                attempts=0,
+                confirmed="not_asked",
+            )
+            .returning(_E.id)
+        )
+        async with self._write_transaction() as conn:
+            entry_id = (await conn.execute(stmt)).scalar_one()
+        return int(entry_id)
+
+    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
+        """Record the outcome and events of an ``in_progress`` entry, in one transaction.
+
+        For sensitive entries the store also redacts event digits (and utterance
+        transcripts); ``outcome.user_input`` must already be masked by the caller.
+
+        Raises ValueError for an unknown status/confirmed value or a naive ended_at,
+        EntryNotFoundError if there is no such entry and EntryAlreadyFinishedError
+        if it is not ``in_progress`` any more (finished, or marked stale); nothing is
+        written in either case.
+        """
+        _check_choice("status", outcome.status, FINAL_STATUSES)
+        _check_choice("confirmed", outcome.confirmed, CONFIRMED_VALUES)
+        if outcome.attempts < 0:
+            raise ValueError(f"attempts must be >= 0, got {outcome.attempts}")
+        # Event kinds/sources are not validated: they are descriptive, and an unexpected
+        # kind (e.g. the engine's "stop_key" step) must not cost the whole outcome.
+        ended_at = _aware_utc("ended_at", outcome.ended_at)
+        stmt = (
+            update(entries_table)
+            .where(_E.id == entry_id, _E.status == STATUS_IN_PROGRESS)
+            .values(
+                status=outcome.status,
+                user_input=outcome.user_input,
+                input_hash=outcome.input_hash,
+                terminated_by=outcome.terminated_by,
+                attempts=outcome.attempts,
+                confirmed=outcome.confirmed,
+                error=outcome.error,
+                ended_at=ended_at,
+            )
+            .returning(_E.sensitive)
+        )
+        async with self._write_transaction() as conn:
+            sensitive = (await conn.execute(stmt)).scalar_one_or_none()
+            if sensitive is None:
+                current = (
+                    await conn.execute(select(_E.status).where(_E.id == entry_id))
+                ).scalar_one_or_none()
+                if current is None:
+                    raise EntryNotFoundError(f"no entry with id {entry_id}")
+                raise EntryAlreadyFinishedError(
+                    f"entry {entry_id} is {current!r}, not {STATUS_IN_PROGRESS!r}"
+                )
+            if outcome.events:
+                rows = _event_rows(entry_id, outcome.events, sensitive=bool(sensitive))
+                await conn.execute(insert(entry_events_table), rows)
+
+    async def mark_stale_in_progress(self, *, before: datetime | None = None) -> int:
+        """Mark ``in_progress`` entries (started before ``before``; default: all) as
+        ``interrupted`` with error "server restarted". Returns how many were marked."""
+        stmt = (
+            update(entries_table)
+            .where(_E.status == STATUS_IN_PROGRESS)
+            .values(
+                status=STATUS_INTERRUPTED,
+                ended_at=datetime.now(UTC),
+                error=STALE_ERROR,
+            )
+        )
+        if before is not None:
+            stmt = stmt.where(_E.started_at < _aware_utc("before", before))
+        async with self._write_transaction() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
+
+    async def get_entry(self, entry_id: int) -> StoredEntry | None:
+        """The entry with its events in order, or None."""
+        # One statement (entry LEFT JOIN events) so entry and events come from the same
+        # snapshot, even while finish_entry runs concurrently.
+        stmt = (
+            select(*_ENTRY_COLUMNS, *_EVENT_COLUMNS)
+            .select_from(entries_table.outerjoin(entry_events_table))
+            .where(_E.id == entry_id)
+            .order_by(_V.seq)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        if not rows:
+            return None
+        events = tuple(_event_from_row(r) for r in rows if r[_V.seq] is not None)
+        return _entry_from_row(rows[0], events)
+
+    async def list_entries(
+        self,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        label: str | None = None,
+        caller_number: str | None = None,
+    ) -> list[StoredEntry]:
+        """Entries newest first (by started_at, then id), without their events."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        conditions: list[ColumnElement[bool]] = []
+        if status is not None:
+            conditions.append(_E.status == status)
+        if label is not None:
+            conditions.append(_E.label == label)
+        if caller_number is not None:
+            conditions.append(_E.caller_number == caller_number)
+        stmt = (
+            select(*_ENTRY_COLUMNS)
+            .where(*conditions)
+            .order_by(_E.started_at.desc(), _E.id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [_entry_from_row(r) for r in rows]
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Dispose of the connection pool. Safe to call more than once."""
+        await self._engine.dispose()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ari_app.ari.app import AriApplication
+from ari_app.sandbox import AsteriskSandbox, SandboxError
+from ari_app.server import running_service
+from ari_app.settings import Settings
+from ari_app.store.repository import Store
+from tests.asterisk_harness import SimulatedCallers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[AsteriskSandbox]:
+    """The real Asterisk 22 sandbox, started once per test run. Never skipped."""
+    sandbox = AsteriskSandbox(REPO / "asterisk_conf")
+    try:
+        sandbox.start()
+    except SandboxError as exc:
+        pytest.fail(f"the Asterisk sandbox is required and could not start: {exc}")
+    yield sandbox
+    sandbox.stop()
+
+
+@dataclass
+class Service:
+    app: AriApplication
+    store: Store
+    callers: SimulatedCallers
+    settings: Settings
+
+
+def service_settings(asterisk: AsteriskSandbox, database_url: str) -> Settings:
+    return Settings(
+        ari_url=asterisk.ari_url,
+        ari_user=asterisk.ari_user,
+        ari_password=asterisk.ari_password,
+        database_url=database_url,
+        hash_key="test-hash-key",
+        reconnect_max_delay=1.0,
+    )
+
+
+@pytest.fixture
+async def service(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIterator[Service]:
+    """`ari-digits serve` in-process against the sandbox, on a fresh SQLite database."""
+    settings = service_settings(asterisk, f"sqlite+aiosqlite:///{tmp_path / 'digits.sqlite3'}")
+    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
+    async with running_service(settings, connect_timeout=10) as app:
+        store = Store.from_url(settings.database_url)
+        try:
+            yield Service(app, store, callers, settings)
+        finally:
+            await store.close()
+            await callers.close()
