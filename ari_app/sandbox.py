@@ -574,7 +574,9 @@ class AsteriskSandbox:
     def start(self, timeout: float = 30) -> None:
         """Build and configure if needed, start Asterisk and wait until ARI answers.
 
-        A no-op when it already runs; cleans up after a crashed previous run.
+        ``timeout`` bounds the wait for Asterisk after it is launched, not a first build.
+        A no-op when it already runs; cleans up after a crashed previous run. The
+        configuration is copied in again on every real start.
         """
         with self._locked():
             if self.is_running():

@@ -31,7 +31,9 @@ async def running_service(
     try:
         stale = await store.mark_stale_in_progress(before=datetime.now(UTC))
         if stale:
-            log.warning("marked %d entries left in progress by a previous run as interrupted", stale)
+            log.warning(
+                "marked %d entries left in progress by a previous run as interrupted", stale
+            )
         app = AriApplication(settings, store)
         runner = asyncio.create_task(app.run(), name="ari-application")
         try:
@@ -85,9 +87,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

@@ -10,8 +10,8 @@ from ari_app.ari.app import AriApplication
 from ari_app.sandbox import AsteriskSandbox, SandboxError
 from ari_app.server import running_service
 from ari_app.settings import Settings
+from ari_app.simulate import SimulatedCallers
 from ari_app.store.repository import Store
-from tests.asterisk_harness import SimulatedCallers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -167,3 +167,15 @@ async def test_sensitive_digits_are_masked_in_storage_and_logs(
     assert entry.input_hash is not None and len(entry.input_hash) == 64
     assert all(e.digit in (None, "*") for e in entry.events)
     assert "918273" not in caplog.text
+
+
+async def test_confirmation_key_interrupts_a_long_read_back(service: Service) -> None:
+    # The read-back of ten digits lasts about 11 s; the caller presses 1 one second into it.
+    placed = time.monotonic()
+    call = await service.callers.place_call(
+        "num_digits=10,ask_for_confirmation=yes,prompt=sound:beep",
+        "wait:0.5^dtmf:4155550123^wait:1^dtmf:1",
+    )
+    result = await service.callers.dialplan_result(call)
+    assert (result.status, result.digits, result.confirmed) == ("completed", "4155550123", "yes")
+    assert time.monotonic() - placed < 9, "the read-back was not interrupted"

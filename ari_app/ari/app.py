@@ -31,6 +31,26 @@ def default_client(settings: Settings) -> AriClient:
     return AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
 
 
+_SAID_KEYS = {"*": "star", "#": "pound"}
+
+
+def interruptible_media(media: Sequence[str]) -> list[str]:
+    """Spell ``digits:123`` as the stock ``digits/N`` sound files.
+
+    Asterisk plays ``digits:`` through its say API, which a playback stop cannot interrupt: a
+    caller's confirmation key would wait for the whole read-back, and so would every ARI call on
+    the channel. Sound files stop at once.
+    """
+    spelled: list[str] = []
+    for item in media:
+        scheme, _, value = item.partition(":")
+        if scheme == "digits" and value and all(c.isdigit() or c in _SAID_KEYS for c in value):
+            spelled += [f"sound:digits/{_SAID_KEYS.get(c, c)}" for c in value]
+        else:
+            spelled.append(item)
+    return spelled
+
+
 class AriCallPort:
     """A session's view of its channel, through whatever ARI connection is current."""
 
@@ -48,7 +68,7 @@ class AriCallPort:
         await self._client().answer(self._channel_id)
 
     async def play(self, playback_id: str, media: Sequence[str]) -> None:
-        await self._client().play(self._channel_id, playback_id, media)
+        await self._client().play(self._channel_id, playback_id, interruptible_media(media))
 
     async def stop_playback(self, playback_id: str) -> None:
         await self._client().stop_playback(playback_id)
@@ -81,6 +101,8 @@ class AriApplication:
         self.reconnects = 0
         self.sessions: dict[str, CallSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def run(self) -> None:
         """Connect, listen, and reconnect with capped exponential backoff; runs until cancelled."""
@@ -195,6 +217,7 @@ class AriApplication:
             hash_key=self._settings.hash_key,
         )
         self.sessions[channel.id] = session
+        self._idle.clear()
         task = asyncio.create_task(self._run_session(session), name=f"call-{channel.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -206,6 +229,13 @@ class AriApplication:
             log.exception("channel %s: the call task failed", session.info.channel_id)
         finally:
             self.sessions.pop(session.info.channel_id, None)
+            if not self.sessions:
+                self._idle.set()
+
+    async def wait_idle(self, within: float) -> None:
+        """Wait until no entry is in progress (every result stored)."""
+        async with asyncio.timeout(within):
+            await self._idle.wait()
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Let running entries end as interrupted and store their rows before exiting."""

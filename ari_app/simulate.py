@@ -1,0 +1,98 @@
+"""Simulated callers on an Asterisk configured with ``asterisk_conf/extensions.conf``.
+
+A simulated call is a Local channel: its ``;1`` half runs ``digits-test,collect`` (Stasis with
+``DIGITS_ARGS``, then copies the ``DIGITS*`` channel variables into the global ``RESULT_<id>``),
+its ``;2`` half runs ``caller-sim,sim``, which plays ``SIM_SCRIPT``: steps separated by ``^``,
+each ``wait:SECONDS``, ``dtmf:KEYS``, ``play:SOUND`` or ``hangup``. Used by the demo, the tests
+and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Call:
+    test_id: str
+    channel_id: str
+
+
+@dataclass(frozen=True)
+class DialplanResult:
+    status: str
+    digits: str
+    confirmed: str
+    entry_id: str
+
+
+class SimulatedCallers:
+    def __init__(self, ari_url: str, user: str, password: str) -> None:
+        self._base = ari_url.rstrip("/") + "/ari"
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._http = aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"})
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self._http.request(method, self._base + path, **kwargs) as response:
+            body = await response.json() if response.content_type == "application/json" else None
+            return response.status, body
+
+    async def place_call(self, arguments: str, script: str, *, gap_ms: int | None = None) -> Call:
+        test_id = f"t{time.monotonic_ns()}x{next(_ids)}"
+        variables = {"TEST_ID": test_id, "DIGITS_ARGS": arguments, "SIM_SCRIPT": script}
+        if gap_ms is not None:
+            variables["SIM_GAP_MS"] = str(gap_ms)
+        status, body = await self.request(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": "Local/sim@caller-sim/n",
+                "context": "digits-test",
+                "extension": "collect",
+                "priority": "1",
+                "formats": "slin16",
+            },
+            json={"variables": variables},
+        )
+        if status != 200:
+            raise RuntimeError(f"originate failed: {status} {body}")
+        return Call(test_id, str(body["id"]))
+
+    async def dialplan_result(self, call: Call, within: float = 20.0) -> DialplanResult:
+        """What the dialplan saw in DIGITS* after the app continued the channel."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            status, body = await self.request(
+                "GET", "/asterisk/variable", params={"variable": f"RESULT_{call.test_id}"}
+            )
+            if status == 200 and body and body.get("value"):
+                status_, digits, confirmed, entry_id = str(body["value"]).split("|")
+                return DialplanResult(status_, digits, confirmed, entry_id)
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no dialplan result for {call} within {within} s")
+
+    async def channel_exists(self, channel_id: str) -> bool:
+        status, _ = await self.request("GET", f"/channels/{channel_id}")
+        return status == 200
+
+    async def playback_exists(self, playback_id: str) -> bool:
+        status, _ = await self.request("GET", f"/playbacks/{playback_id}")
+        return status == 200
+
+    async def leftover_channels(self) -> list[str]:
+        status, body = await self.request("GET", "/channels")
+        if status != 200:
+            raise RuntimeError(f"GET /channels answered {status}")
+        return [str(channel["name"]) for channel in body]
