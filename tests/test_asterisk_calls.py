@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 
 import pytest
 
+from ari_app.sandbox import AsteriskSandbox
 from tests.asterisk_harness import stored_entry
 from tests.conftest import Service
 
@@ -179,3 +182,42 @@ async def test_confirmation_key_interrupts_a_long_read_back(service: Service) ->
     result = await service.callers.dialplan_result(call)
     assert (result.status, result.digits, result.confirmed) == ("completed", "4155550123", "yes")
     assert time.monotonic() - placed < 9, "the read-back was not interrupted"
+
+
+async def ari_port_open(asterisk: AsteriskSandbox) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", asterisk.http_port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def test_asterisk_crash_interrupts_entries_and_the_app_reconnects(
+    service: Service, asterisk: AsteriskSandbox
+) -> None:
+    call = await service.callers.place_call(f"num_digits=4,{QUICK}", "wait:0.5^dtmf:12^wait:60")
+    async with asyncio.timeout(10):
+        while call.channel_id not in service.app.sessions:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # two digits are in
+    pid = asterisk.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # no hangup events: the websocket just drops
+    async with asyncio.timeout(10):
+        while await ari_port_open(asterisk):  # the dying process still holds its sockets
+            await asyncio.sleep(0.05)
+    await asyncio.to_thread(asterisk.start)
+
+    entry = await stored_entry(service.store, call.channel_id)
+    assert entry.status == "interrupted"
+    assert entry.user_input == "12"
+
+    async with asyncio.timeout(15):
+        await service.app.connected.wait()
+        while service.app.reconnects < 1:
+            await asyncio.sleep(0.05)
+    again = await service.callers.place_call(f"num_digits=2,{QUICK}", "wait:0.5^dtmf:77")
+    result = await service.callers.dialplan_result(again)
+    assert (result.status, result.digits) == ("completed", "77")

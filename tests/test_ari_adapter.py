@@ -1,0 +1,279 @@
+"""The ARI adapter without Asterisk: event parsing, routing, and the aioari quirks it wraps."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from ari_app.ari.app import AriApplication, interruptible_media
+from ari_app.ari.events import (
+    ChannelLeft,
+    DtmfReceived,
+    MalformedEvent,
+    PlaybackFinished,
+    StasisStarted,
+    parse_event,
+)
+from ari_app.call import CallInfo, CallSession, ChannelGone, TransportError
+from ari_app.settings import Settings
+from ari_app.store.records import EntryOutcome, EntryStart
+
+# Recorded from Asterisk 22.10.1 (the sandbox), trimmed to the fields that matter.
+STASIS_START: dict[str, Any] = {
+    "type": "StasisStart",
+    "timestamp": "2026-11-25T15:49:58.201+0000",
+    "args": ["num_digits=4", "label=pin"],
+    "channel": {
+        "id": "1795621797.0",
+        "name": "Local/sim@caller-sim-00000000;1",
+        "state": "Up",
+        "protocol_id": "",
+        "caller": {"name": "", "number": ""},
+        "connected": {"name": "", "number": ""},
+        "accountcode": "",
+        "dialplan": {"context": "digits-test", "exten": "collect", "priority": 2},
+        "creationtime": "2026-11-25T15:49:57.690+0000",
+        "language": "en",
+    },
+    "asterisk_id": "52:54:00:12:34:56",
+    "application": "digits",
+}
+DTMF: dict[str, Any] = {
+    "type": "ChannelDtmfReceived",
+    "timestamp": "2026-11-25T15:49:59.912+0000",
+    "digit": "7",
+    "duration_ms": 100,
+    "channel": STASIS_START["channel"],
+    "asterisk_id": "52:54:00:12:34:56",
+    "application": "digits",
+}
+PLAYBACK_FINISHED: dict[str, Any] = {
+    "type": "PlaybackFinished",
+    "playback": {
+        "id": "1795621797.0-p1",
+        "media_uri": "sound:beep",
+        "target_uri": "channel:1795621797.0",
+        "language": "en",
+        "state": "done",
+    },
+    "application": "digits",
+}
+
+
+def with_channel(event: dict[str, Any], channel_id: str, name: str | None = None) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    event["channel"]["id"] = channel_id
+    if name:
+        event["channel"]["name"] = name
+    return event
+
+
+def test_stasis_start_dict_becomes_a_typed_event() -> None:
+    event = parse_event(STASIS_START)
+    assert isinstance(event, StasisStarted)
+    assert event.args == ("num_digits=4", "label=pin")
+    assert event.channel.id == "1795621797.0"
+    assert event.channel.state == "Up"
+    assert event.channel.caller_number is None  # Asterisk sends "" for unknown
+    assert event.asterisk_id == "52:54:00:12:34:56"
+
+
+def test_dtmf_playback_and_leaving_events() -> None:
+    assert parse_event(DTMF) == DtmfReceived("1795621797.0", "7", 100)
+    assert parse_event(PLAYBACK_FINISHED) == PlaybackFinished("1795621797.0", "1795621797.0-p1")
+    for kind in ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"):
+        raw = {"type": kind, "channel": STASIS_START["channel"]}
+        assert parse_event(raw) == ChannelLeft("1795621797.0", kind)
+    assert parse_event({"type": "ChannelVarset", "variable": "X"}) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"type": "StasisStart"},
+        {"type": "StasisStart", "channel": "nope"},
+        {"type": "StasisStart", "channel": {"id": 5, "name": "x"}},
+        {**STASIS_START, "args": "num_digits=4"},
+        {**STASIS_START, "args": [1, 2]},
+        {**DTMF, "digit": "12"},
+        {**DTMF, "digit": None},
+        {"type": "PlaybackFinished", "playback": {"id": "x"}},
+        {"type": "StasisEnd", "channel": {"name": "no id"}},
+    ],
+)
+def test_malformed_events_are_rejected(raw: dict[str, Any]) -> None:
+    with pytest.raises(MalformedEvent):
+        parse_event(raw)
+
+
+def test_digits_media_is_spelled_as_interruptible_sound_files() -> None:
+    assert interruptible_media(["sound:you-entered", "digits:1*#", "number:5"]) == [
+        "sound:you-entered",
+        "sound:digits/1",
+        "sound:digits/star",
+        "sound:digits/pound",
+        "number:5",
+    ]
+
+
+# --- routing, with a scripted port and store -------------------------------------------------
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.started: list[EntryStart] = []
+        self.finished: dict[int, EntryOutcome] = {}
+
+    async def start_entry(self, start: EntryStart) -> int:
+        self.started.append(start)
+        return len(self.started)
+
+    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
+        self.finished[entry_id] = outcome
+
+
+class ScriptedPort:
+    """Records what the session asked of the channel; ``play`` can be held to simulate a slow
+    Asterisk."""
+
+    def __init__(self, hold_play: asyncio.Event | None = None, fail_with: Exception | None = None):
+        self.calls: list[tuple[str, object]] = []
+        self.hold_play = hold_play
+        self.fail_with = fail_with
+
+    async def answer(self) -> None:
+        self.calls.append(("answer", None))
+
+    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+        self.calls.append(("play", playback_id))
+        if self.hold_play is not None:
+            await self.hold_play.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    async def stop_playback(self, playback_id: str) -> None:
+        self.calls.append(("stop", playback_id))
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None:
+        self.calls.append(("set", dict(variables)))
+
+    async def release(self) -> None:
+        self.calls.append(("release", None))
+
+
+class RoutingApp(AriApplication):
+    """The real dispatcher with ports handed out per channel by the test."""
+
+    def __init__(self, store: FakeStore, ports: dict[str, ScriptedPort]) -> None:
+        super().__init__(Settings(hash_key="k"), store)
+        self.ports = ports
+
+    def _start_session(self, event: StasisStarted) -> None:
+        info = CallInfo(event.channel.id, event.channel.name, None, None, None, "ari", False)
+        session = CallSession(
+            info, event.args, self.ports[event.channel.id], self._store, hash_key="k"
+        )
+        self.sessions[event.channel.id] = session
+        self._idle.clear()
+        task = asyncio.create_task(self._run_session(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def test_a_slow_channel_never_delays_another_and_events_stay_in_order() -> None:
+    held = asyncio.Event()
+    store = FakeStore()
+    ports = {"slow": ScriptedPort(hold_play=held), "fast": ScriptedPort()}
+    app = RoutingApp(store, ports)
+    # Everything arrives at once, as if read off the websocket in one burst.
+    app.dispatch(with_channel(STASIS_START, "slow"))
+    app.dispatch(with_channel(STASIS_START, "fast"))
+    for digit in "4321":
+        app.dispatch(with_channel({**DTMF, "digit": digit}, "slow"))
+    for digit in "1234":
+        app.dispatch(with_channel({**DTMF, "digit": digit}, "fast"))
+    await asyncio.sleep(0.05)
+    # The fast channel finished while the slow one is still stuck in its first REST call.
+    assert "fast" not in app.sessions
+    assert "slow" in app.sessions
+    assert [o.user_input for o in store.finished.values()] == ["1234"]
+    held.set()
+    await app.wait_idle(within=1)
+    assert sorted(o.user_input for o in store.finished.values()) == ["1234", "4321"]
+
+
+async def test_malformed_event_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    app = RoutingApp(FakeStore(), {})
+    app.dispatch({"type": "StasisStart", "channel": {"id": 3}})
+    assert "dropped a malformed ARI event" in caplog.text
+    assert app.sessions == {}
+
+
+async def test_own_snoop_and_media_channels_are_not_collected() -> None:
+    app = AriApplication(Settings(), FakeStore())
+    app.dispatch(with_channel(STASIS_START, "s1", name="Snoop/1795621797.0-00000001"))
+    app.dispatch(with_channel(STASIS_START, "m1", name="UnicastRTP/127.0.0.1:40000-0x1"))
+    assert app.sessions == {}
+
+
+async def test_channel_gone_while_playing_ends_as_hangup_without_returning() -> None:
+    store = FakeStore()
+    port = ScriptedPort(fail_with=ChannelGone("404"))
+    app = RoutingApp(store, {"c": port})
+    app.dispatch(with_channel(STASIS_START, "c"))
+    await app.wait_idle(within=1)
+    assert store.finished[1].status == "hangup"
+    assert not any(name in ("set", "release") for name, _ in port.calls)
+
+
+async def test_transport_error_ends_as_interrupted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    store = FakeStore()
+    app = RoutingApp(store, {"c": ScriptedPort(fail_with=TransportError("connection reset"))})
+    app.dispatch(with_channel(STASIS_START, "c"))
+    await app.wait_idle(within=1)
+    assert store.finished[1].status == "interrupted"
+    assert "lost Asterisk" in caplog.text
+
+
+async def test_a_failing_store_still_returns_the_call_to_the_dialplan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenStore(FakeStore):
+        async def start_entry(self, start: EntryStart) -> int:
+            raise OSError("disk full")
+
+    port = ScriptedPort()
+    app = RoutingApp(BrokenStore(), {"c": port})
+    app.dispatch(with_channel(STASIS_START, "c"))
+    for digit in "1234":
+        app.dispatch(with_channel({**DTMF, "digit": digit}, "c"))
+    await app.wait_idle(within=1)
+    variables = next(value for name, value in port.calls if name == "set")
+    assert variables == {
+        "DIGITS": "1234",
+        "DIGITS_STATUS": "completed",
+        "DIGITS_CONFIRMED": "not_asked",
+        "DIGITS_ID": "",
+    }
+    assert port.calls[-1] == ("release", None)
+    assert "could not store the entry's start" in caplog.text
+
+
+async def test_bad_arguments_set_the_error_variables() -> None:
+    store = FakeStore()
+    port = ScriptedPort()
+    app = RoutingApp(store, {"c": port})
+    app.dispatch({**with_channel(STASIS_START, "c"), "args": ["max_digits=10000"]})
+    await app.wait_idle(within=1)
+    variables = next(value for name, value in port.calls if name == "set")
+    assert isinstance(variables, dict)
+    assert variables["DIGITS_STATUS"] == "error"
+    assert "max_digits must be between 1 and 64" in variables["DIGITS_ERROR"]
+    assert store.finished[1].status == "error"
+    assert store.started[0].parameters == {"arguments": ["max_digits=10000"]}
