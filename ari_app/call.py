@@ -169,7 +169,8 @@ class CallSession:
         self._log_result(result)
         entry_id = await row
         self.entry_id = entry_id
-        await asyncio.gather(self._finish_row(entry_id, result), self._return_to_dialplan(result))
+        await self._finish_row(entry_id, result)
+        await self._return_to_dialplan(result)
         return result
 
     async def _collect(self) -> Result:

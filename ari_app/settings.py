@@ -25,6 +25,8 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     reconnect_max_delay: float = 10.0
+    # Concurrent REST connections to Asterisk; keep it below http.conf's sessionlimit.
+    ari_max_connections: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -38,6 +40,12 @@ class Settings:
             reconnect = float(text("ARI_RECONNECT_MAX_DELAY", str(defaults.reconnect_max_delay)))
         except ValueError:
             raise SettingsError("ARI_RECONNECT_MAX_DELAY must be a number of seconds") from None
+        try:
+            connections = int(text("ARI_MAX_CONNECTIONS", str(defaults.ari_max_connections)))
+        except ValueError:
+            raise SettingsError("ARI_MAX_CONNECTIONS must be a whole number") from None
+        if connections < 1:
+            raise SettingsError("ARI_MAX_CONNECTIONS must be at least 1")
         url = text("ARI_URL", defaults.ari_url)
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"ARI_URL must start with http:// or https://, got {url!r}")
@@ -51,4 +59,5 @@ class Settings:
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
             log_json=text("LOG_FORMAT", "text").lower() == "json",
             reconnect_max_delay=reconnect,
+            ari_max_connections=connections,
         )

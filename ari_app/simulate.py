@@ -39,7 +39,11 @@ class SimulatedCallers:
     def __init__(self, ari_url: str, user: str, password: str) -> None:
         self._base = ari_url.rstrip("/") + "/ari"
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._http = aiohttp.ClientSession(headers={"Authorization": f"Basic {token}"})
+        # Stay well below Asterisk's HTTP sessionlimit, which the application shares.
+        self._http = aiohttp.ClientSession(
+            headers={"Authorization": f"Basic {token}"},
+            connector=aiohttp.TCPConnector(limit=16),
+        )
 
     async def close(self) -> None:
         await self._http.close()

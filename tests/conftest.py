@@ -12,6 +12,7 @@ from ari_app.server import running_service
 from ari_app.settings import Settings
 from ari_app.simulate import SimulatedCallers
 from ari_app.store.repository import Store
+from tests.pg import temporary_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,10 +48,20 @@ def service_settings(asterisk: AsteriskSandbox, database_url: str) -> Settings:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: an SQLite file, or a new database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'digits.sqlite3'}"
+    else:
+        async with temporary_postgres_database() as url:
+            yield url
+
+
 @pytest.fixture
-async def service(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIterator[Service]:
-    """`ari-digits serve` in-process against the sandbox, on a fresh SQLite database."""
-    settings = service_settings(asterisk, f"sqlite+aiosqlite:///{tmp_path / 'digits.sqlite3'}")
+async def service(asterisk: AsteriskSandbox, database_url: str) -> AsyncIterator[Service]:
+    """`ari-digits serve` in-process against the sandbox, on a fresh database."""
+    settings = service_settings(asterisk, database_url)
     callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
     async with running_service(settings, connect_timeout=10) as app:
         store = Store.from_url(settings.database_url)

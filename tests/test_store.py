@@ -407,3 +407,23 @@ def test_unreachable_postgres_fails_instead_of_skipping(monkeypatch: pytest.Monk
     monkeypatch.setenv(pg.ENV_VAR, "postgresql://postgres@127.0.0.1:1/postgres")
     with pytest.raises(pytest.fail.Exception, match="unreachable"):
         asyncio.run(pg.create_database(pg.unique_database_name()))
+
+
+async def test_concurrent_finishes_are_group_committed_and_one_bad_one_costs_nothing(
+    store: Store,
+) -> None:
+    ids = [await store.start_entry(make_start(channel_id=f"c{i}")) for i in range(20)]
+    results = await asyncio.gather(
+        *(store.finish_entry(i, make_outcome()) for i in ids),
+        store.finish_entry(10_000_000, make_outcome()),  # no such entry
+        store.finish_entry(ids[0], make_outcome(status="hangup")),  # second finish of one entry
+        return_exceptions=True,
+    )
+    assert results[:20] == [None] * 20
+    assert isinstance(results[20], EntryNotFoundError)
+    assert isinstance(results[21], EntryAlreadyFinishedError)
+    for entry_id in ids:
+        entry = await store.get_entry(entry_id)
+        assert entry is not None
+        assert entry.status == "completed"
+        assert len(entry.events) == len(make_outcome().events)

@@ -28,7 +28,13 @@ ClientFactory = Callable[[Settings], AriClient]
 
 
 def default_client(settings: Settings) -> AriClient:
-    return AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+    return AriClient(
+        settings.ari_url,
+        settings.ari_user,
+        settings.ari_password,
+        settings.ari_app,
+        max_connections=settings.ari_max_connections,
+    )
 
 
 _SAID_KEYS = {"*": "star", "#": "pound"}

@@ -52,10 +52,16 @@ class AriUnavailable(Exception):
 class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
     """aioswagger11's client with a correct websocket handshake and request timeouts."""
 
-    def __init__(self, host: str, user: str, password: str) -> None:
-        super().__init__(auth=BasicAuthenticator(host, user, password))
+    def __init__(self, host: str, user: str, password: str, max_connections: int) -> None:
+        # Not super().__init__(): it opens a session with no connection limit, and Asterisk's
+        # HTTP server drops every connection past http.conf's sessionlimit (100 by default).
+        self.authenticator = BasicAuthenticator(host, user, password)
+        self.websockets: set[aiohttp.ClientWebSocketResponse] = set()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+        )
         self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.session._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
 
     async def ws_connect(
         self, url: str, params: Mapping[str, str] | None = None
@@ -74,8 +80,11 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
 class AriClient:
     """A typed face over one aioari connection: REST calls and the event stream."""
 
-    def __init__(self, base_url: str, user: str, password: str, app: str) -> None:
+    def __init__(
+        self, base_url: str, user: str, password: str, app: str, *, max_connections: int = 32
+    ) -> None:
         self.base_url = base_url
+        self._max_connections = max_connections
         self.app = app
         self._user = user
         self._password = password
@@ -84,7 +93,7 @@ class AriClient:
 
     async def connect(self) -> None:
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
-        self._http = _AriHttpClient(host, self._user, self._password)
+        self._http = _AriHttpClient(host, self._user, self._password, self._max_connections)
         client = AioariClient(self.base_url, self._http)
         try:
             await client.init()

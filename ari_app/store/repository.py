@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from sqlalchemy import ColumnElement, event, insert, select, text, update
+from sqlalchemy import ColumnElement, bindparam, event, insert, select, text, update
 from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -227,6 +227,48 @@ def _event_rows(
     return rows
 
 
+_PendingFinish = tuple[int, EntryOutcome, "asyncio.Future[None]"]
+MAX_FINISH_BATCH: Final = 200
+
+_FINISH_STATEMENT: Final = (
+    update(entries_table)
+    .where(_E.id == bindparam("b_id"), _E.status == STATUS_IN_PROGRESS)
+    .values(
+        status=bindparam("b_status"),
+        user_input=bindparam("b_user_input"),
+        input_hash=bindparam("b_input_hash"),
+        terminated_by=bindparam("b_terminated_by"),
+        attempts=bindparam("b_attempts"),
+        confirmed=bindparam("b_confirmed"),
+        error=bindparam("b_error"),
+        ended_at=bindparam("b_ended_at"),
+    )
+)
+
+
+def _outcome_row(entry_id: int, outcome: EntryOutcome) -> dict[str, object]:
+    return {
+        "b_id": entry_id,
+        "b_status": outcome.status,
+        "b_user_input": outcome.user_input,
+        "b_input_hash": outcome.input_hash,
+        "b_terminated_by": outcome.terminated_by,
+        "b_attempts": outcome.attempts,
+        "b_confirmed": outcome.confirmed,
+        "b_error": outcome.error,
+        "b_ended_at": _aware_utc("ended_at", outcome.ended_at),
+    }
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
 class Store:
     """Entry persistence over an async SQLAlchemy engine.
 
@@ -247,6 +289,8 @@ class Store:
         # lock is taken *before* a pooled connection is checked out, so queued writers do
         # not starve readers of connections. PostgreSQL has row-level locking: no lock.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+        self._pending_finishes: list[_PendingFinish] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -308,6 +352,10 @@ class Store:
     async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
         """Record the outcome and events of an ``in_progress`` entry, in one transaction.
 
+        Concurrent calls are group-committed: when many calls end at once (a burst after a
+        shared prompt, a trunk dropping), one transaction with three statements stores them all
+        instead of three round trips and a commit each; a lone call still commits at once.
+
         For sensitive entries the store also redacts event digits (and utterance
         transcripts); ``outcome.user_input`` must already be masked by the caller.
 
@@ -320,38 +368,65 @@ class Store:
         _check_choice("confirmed", outcome.confirmed, CONFIRMED_VALUES)
         if outcome.attempts < 0:
             raise ValueError(f"attempts must be >= 0, got {outcome.attempts}")
-        # Event kinds/sources are not validated: they are descriptive, and an unexpected
-        # kind (e.g. the engine's "stop_key" step) must not cost the whole outcome.
-        ended_at = _aware_utc("ended_at", outcome.ended_at)
-        stmt = (
-            update(entries_table)
-            .where(_E.id == entry_id, _E.status == STATUS_IN_PROGRESS)
-            .values(
-                status=outcome.status,
-                user_input=outcome.user_input,
-                input_hash=outcome.input_hash,
-                terminated_by=outcome.terminated_by,
-                attempts=outcome.attempts,
-                confirmed=outcome.confirmed,
-                error=outcome.error,
-                ended_at=ended_at,
-            )
-            .returning(_E.sensitive)
-        )
+        _aware_utc("ended_at", outcome.ended_at)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_finishes.append((entry_id, outcome, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_finishes())
+        await done
+
+    async def _flush_finishes(self) -> None:
+        while self._pending_finishes:
+            batch = self._pending_finishes[:MAX_FINISH_BATCH]
+            del self._pending_finishes[:MAX_FINISH_BATCH]
+            try:
+                await self._finish_batch(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][2], exc)
+                    continue
+                # One bad outcome must not cost the others: store them one by one.
+                for item in batch:
+                    try:
+                        await self._finish_batch([item])
+                    except Exception as exc:
+                        _settle(item[2], exc)
+
+    async def _finish_batch(self, batch: list[_PendingFinish]) -> None:
+        ids = [entry_id for entry_id, _, _ in batch]
+        current = select(_E.id, _E.status, _E.sensitive).where(_E.id.in_(ids))
+        if not self._is_sqlite:
+            current = current.with_for_update()  # SQLite writers are serialised by our lock
         async with self._write_transaction() as conn:
-            sensitive = (await conn.execute(stmt)).scalar_one_or_none()
-            if sensitive is None:
-                current = (
-                    await conn.execute(select(_E.status).where(_E.id == entry_id))
-                ).scalar_one_or_none()
-                if current is None:
-                    raise EntryNotFoundError(f"no entry with id {entry_id}")
-                raise EntryAlreadyFinishedError(
-                    f"entry {entry_id} is {current!r}, not {STATUS_IN_PROGRESS!r}"
-                )
-            if outcome.events:
-                rows = _event_rows(entry_id, outcome.events, sensitive=bool(sensitive))
-                await conn.execute(insert(entry_events_table), rows)
+            found = {row.id: row for row in (await conn.execute(current)).all()}
+            updates: list[dict[str, object]] = []
+            events: list[dict[str, object]] = []
+            accepted: list[asyncio.Future[None]] = []
+            seen: set[int] = set()
+            for entry_id, outcome, done in batch:
+                row = found.get(entry_id)
+                if row is None:
+                    _settle(done, EntryNotFoundError(f"no entry with id {entry_id}"))
+                    continue
+                if row.status != STATUS_IN_PROGRESS or any(entry_id == u["b_id"] for u in updates):
+                    status = row.status if row.status != STATUS_IN_PROGRESS else "being finished"
+                    _settle(
+                        done,
+                        EntryAlreadyFinishedError(
+                            f"entry {entry_id} is {status!r}, not {STATUS_IN_PROGRESS!r}"
+                        ),
+                    )
+                    continue
+                seen.add(entry_id)
+                updates.append(_outcome_row(entry_id, outcome))
+                events += _event_rows(entry_id, outcome.events, sensitive=bool(row.sensitive))
+                accepted.append(done)
+            if updates:
+                await conn.execute(_FINISH_STATEMENT, updates)
+            if events:
+                await conn.execute(insert(entry_events_table), events)
+        for done in accepted:
+            _settle(done, None)
 
     async def mark_stale_in_progress(self, *, before: datetime | None = None) -> int:
         """Mark ``in_progress`` entries (started before ``before``; default: all) as
@@ -423,4 +498,6 @@ class Store:
 
     async def close(self) -> None:
         """Dispose of the connection pool. Safe to call more than once."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         await self._engine.dispose()
