@@ -53,7 +53,13 @@ class SimulatedCallers:
             body = await response.json() if response.content_type == "application/json" else None
             return response.status, body
 
-    async def place_call(self, arguments: str, script: str, *, gap_ms: int | None = None) -> Call:
+    async def place_call(
+        self, arguments: str, script: str, *, gap_ms: int | None = None, answered: bool = True
+    ) -> Call:
+        """Originate a caller; ``answered=False`` makes the app's side arrive in state Ring.
+
+        The returned channel id is the one that enters Stasis only for answered calls.
+        """
         test_id = f"t{time.monotonic_ns()}x{next(_ids)}"
         variables = {"TEST_ID": test_id, "DIGITS_ARGS": arguments, "SIM_SCRIPT": script}
         if gap_ms is not None:
@@ -62,9 +68,9 @@ class SimulatedCallers:
             "POST",
             "/channels",
             params={
-                "endpoint": "Local/sim@caller-sim/n",
-                "context": "digits-test",
-                "extension": "collect",
+                "endpoint": "Local/sim@caller-sim/n" if answered else "Local/ring@digits-test/n",
+                "context": "digits-test" if answered else "caller-sim",
+                "extension": "collect" if answered else "sim",
                 "priority": "1",
                 "formats": "slin16",
             },

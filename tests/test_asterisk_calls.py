@@ -7,12 +7,18 @@ import logging
 import os
 import signal
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from ari_app.sandbox import AsteriskSandbox
+from ari_app.server import running_service
+from ari_app.store.migrate import upgrade_to_head_async
+from ari_app.store.records import EntryStart
+from ari_app.store.repository import Store
 from tests.asterisk_harness import stored_entry
-from tests.conftest import Service
+from tests.conftest import Service, service_settings
 
 pytestmark = pytest.mark.asterisk
 
@@ -221,3 +227,41 @@ async def test_asterisk_crash_interrupts_entries_and_the_app_reconnects(
     again = await service.callers.place_call(f"num_digits=2,{QUICK}", "wait:0.5^dtmf:77")
     result = await service.callers.dialplan_result(again)
     assert (result.status, result.digits) == ("completed", "77")
+
+
+async def test_a_ringing_call_is_answered_then_collected(service: Service) -> None:
+    call = await service.callers.place_call(
+        f"num_digits=3,{QUICK}", "wait:0.5^dtmf:246", answered=False
+    )
+    result = await service.callers.dialplan_result(call)
+    assert (result.status, result.digits) == ("completed", "246")
+
+
+async def test_rows_left_in_progress_by_a_crashed_run_are_marked_interrupted(
+    asterisk: AsteriskSandbox, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'crashed.sqlite3'}"
+    await upgrade_to_head_async(url)
+    store = Store.from_url(url)
+    try:
+        entry_id = await store.start_entry(
+            EntryStart(
+                "1.1",
+                "PJSIP/trunk-1",
+                "555",
+                None,
+                "pin",
+                {},
+                "ari",
+                None,
+                datetime.now(UTC),
+                False,
+            )
+        )
+        async with running_service(service_settings(asterisk, url), connect_timeout=10):
+            entry = await store.get_entry(entry_id)
+        assert entry is not None
+        assert entry.status == "interrupted"
+        assert entry.error == "server restarted"
+    finally:
+        await store.close()
