@@ -100,6 +100,27 @@ class TimerFired:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """The caller started speaking: barge-in, and no input timer runs while they speak."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """An utterance was recognised (or discarded: ``transcript`` is None).
+
+    ``digits`` and ``answer`` (yes/no to a read-back) are what the words mean; the adapter
+    decides that, the engine only applies the rules.
+    """
+
+    at: float
+    transcript: str | None
+    digits: str = ""
+    answer: bool | None = None
+
+
+@dataclass(frozen=True)
 class Hangup:
     at: float
 
@@ -109,7 +130,16 @@ class ConnectionLost:
     at: float
 
 
-Event = Start | Digit | PromptFinished | TimerFired | Hangup | ConnectionLost
+Event = (
+    Start
+    | Digit
+    | PromptFinished
+    | TimerFired
+    | SpeechStarted
+    | SpeechEnded
+    | Hangup
+    | ConnectionLost
+)
 
 
 # --- actions (outputs) -------------------------------------------------------------------
@@ -210,6 +240,7 @@ class DigitCollector:
         self._next_token = 0
         self._terminated_by: TerminatedBy | None = None
         self._readbacks = 0
+        self._speaking = False
         self.result: Result | None = None
 
     @classmethod
@@ -243,6 +274,10 @@ class DigitCollector:
                 return self._on_prompt_finished(event)
             case TimerFired():
                 return self._on_timer(event)
+            case SpeechStarted():
+                return self._on_speech_started(event)
+            case SpeechEnded():
+                return self._on_speech_ended(event)
             case Hangup():
                 return self._finish(Status.HANGUP, event.at, self._interrupted_confirmation())
             case ConnectionLost():
@@ -264,7 +299,9 @@ class DigitCollector:
         if len(key) != 1 or key not in DTMF_KEYS:
             return []
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
-            return self._on_confirmation_key(key, event)
+            return self._on_confirmation_key(key, event)  # keys 1/2 answer whatever `input` says
+        if not (params.accepts_speech if event.source is Source.VOICE else params.accepts_keys):
+            return []
         if self._phase not in (Phase.PROMPTING, Phase.COLLECTING):
             return []
 
@@ -324,6 +361,57 @@ class DigitCollector:
         if len(self._entered) < params.min_digits:
             return self._fail(Status.SHORT, event.at)
         return self._complete(TerminatedBy.TIMEOUT, event.at)
+
+    def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
+        params = self._require_params()
+        if not params.accepts_speech or self._speaking:
+            return []
+        if self._phase is Phase.PROMPTING:
+            self._speaking = True
+            self._phase = Phase.COLLECTING
+            return self._stop_playing() + self._cancel_timers(Timer.NO_INPUT, Timer.INTER_DIGIT)
+        if self._phase is Phase.COLLECTING:
+            self._speaking = True
+            return self._cancel_timers(Timer.NO_INPUT, Timer.INTER_DIGIT)
+        if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
+            self._speaking = True
+            return self._stop_playing() + self._cancel_timers(Timer.CONFIRM)
+        return []
+
+    def _on_speech_ended(self, event: SpeechEnded) -> list[Action]:
+        params = self._require_params()
+        if not params.accepts_speech:
+            return []
+        was_speaking, self._speaking = self._speaking, False
+        if event.transcript is not None:
+            self._record_step("utterance", event.at, event.transcript)
+        if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
+            if event.answer is not None:
+                key = CONFIRM_KEY if event.answer else REJECT_KEY
+                return self._on_confirmation_key(key, Digit(key, event.at, Source.VOICE))
+            if was_speaking and self._phase is Phase.READING_BACK and self._playing is None:
+                # The caller talked over the read-back without a yes or no: ask again.
+                return self._read_back(event.at)
+            if was_speaking and self._phase is Phase.AWAITING_ANSWER:
+                return [self._start_timer(Timer.CONFIRM, params.confirm_timeout)]
+            return []
+        if self._phase is Phase.PROMPTING and event.digits:
+            self._phase = Phase.COLLECTING
+            actions: list[Action] = self._stop_playing()
+        elif self._phase is Phase.COLLECTING:
+            actions = []
+        else:
+            return []
+        for key in event.digits:
+            actions += self._on_digit(Digit(key, event.at, Source.VOICE))
+            if self._phase is not Phase.COLLECTING:
+                return actions  # finished, or a new attempt began; later words do not count
+        if Timer.INTER_DIGIT not in self._timer_tokens and Timer.NO_INPUT not in self._timer_tokens:
+            if self._entered:
+                actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout))
+            elif self._playing is None:
+                actions.append(self._start_timer(Timer.NO_INPUT, params.no_input_timeout))
+        return actions
 
     def _on_confirmation_key(self, key: str, event: Digit) -> list[Action]:
         params = self._require_params()

@@ -60,8 +60,17 @@ class Params:
     validate: str | None = None
     sensitive: bool = False
     label: str | None = None
+    input_modes: frozenset[str] = frozenset({"dtmf", "speech"})
     # What the caller passed, normalised, for the audit record.
     given: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def accepts_speech(self) -> bool:
+        return "speech" in self.input_modes
+
+    @property
+    def accepts_keys(self) -> bool:
+        return "dtmf" in self.input_modes
 
     def as_record(self) -> dict[str, object]:
         """Parameters as stored with the entry (only plain JSON types)."""
@@ -81,6 +90,7 @@ class Params:
             "validate": self.validate,
             "sensitive": self.sensitive,
             "label": self.label,
+            "input": "both" if len(self.input_modes) == 2 else next(iter(self.input_modes)),
         }
 
 
@@ -164,6 +174,7 @@ def parse_params(values: Mapping[str, str]) -> Params:
         validate=validate,
         sensitive=_bool(values, "sensitive", False),
         label=label,
+        input_modes=_input_modes(get("input", "both")),
         given=dict(values),
     )
 
@@ -186,6 +197,7 @@ _KNOWN = frozenset(
         "validate",
         "sensitive",
         "label",
+        "input",
     }
 )
 
@@ -238,6 +250,13 @@ def _stop_keys(raw: str) -> frozenset[str]:
             f"dtmf_stop_event must be keys from 0-9*#A-D or none, got {_shorten(raw)!r}"
         )
     return keys
+
+
+def _input_modes(raw: str) -> frozenset[str]:
+    modes = {"dtmf": {"dtmf"}, "speech": {"speech"}, "both": {"dtmf", "speech"}}
+    if raw.lower() not in modes:
+        raise ParamError(f"input must be dtmf, speech or both, got {_shorten(raw)!r}")
+    return frozenset(modes[raw.lower()])
 
 
 def _media(values: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:

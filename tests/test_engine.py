@@ -376,6 +376,7 @@ def test_invalid_keys_are_ignored() -> None:
         (["just-text"], "is not of the form name=value"),
         (["num_digits=4", "num_digits=5"], "given twice"),
         (["prompt=http://evil"], "is not a media URI"),
+        (["input=telepathy"], "input must be dtmf, speech or both"),
         (["no_input_timeout=nan"], "no_input_timeout must be more than 0"),
     ],
 )
@@ -402,3 +403,135 @@ def test_confirm_prompt_without_placeholder_appends_the_digits() -> None:
     d = confirm_flow("confirm_prompt=sound:you-entered")
     assert d.playing is not None
     assert d.playing.media == ("sound:you-entered", "digits:555")
+
+
+# --- spoken digits ----------------------------------------------------------------------------
+
+
+def speak(
+    d: Driver,
+    digits: str = "",
+    *,
+    after: float = 0.5,
+    transcript: str | None = None,
+    answer: bool | None = None,
+    lasting: float = 1.0,
+) -> None:
+    """The caller talks for ``lasting`` seconds; recognition reports ``digits``."""
+    from ari_app.engine import SpeechEnded, SpeechStarted
+
+    d.advance(after)
+    d.send(SpeechStarted(d.now))
+    d.advance(lasting)
+    text = transcript if transcript is not None else " ".join(digits)
+    d.send(SpeechEnded(d.now, text, digits, answer))
+
+
+def test_speech_barges_into_the_prompt_and_spoken_digits_complete_the_entry() -> None:
+    d = Driver.start("num_digits=4")
+    prompt = d.playing
+    assert prompt is not None
+    speak(d, "4321")
+    assert prompt.playback in d.stopped
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "4321"
+    assert {r.source for r in result.digits} == {Source.VOICE}
+    assert ("utterance", "4 3 2 1") in [(s.kind, s.detail) for s in result.steps]
+
+
+def test_no_input_timer_does_not_run_while_the_caller_speaks() -> None:
+    d = Driver.start("min_digits=2", "max_digits=10", "no_input_timeout=3", "dtmf_input_timeout=2")
+    d.finish_prompt()
+    speak(d, "5551234", after=1.0, lasting=6.0)  # a long utterance, longer than no_input_timeout
+    assert d.result is None
+    d.advance(2.0)
+    assert d.finished.status is Status.COMPLETED
+    assert d.finished.user_input == "5551234"
+    assert d.finished.terminated_by is TerminatedBy.TIMEOUT
+
+
+def test_a_discarded_utterance_restarts_the_no_input_timer() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=3", "max_attempts=1")
+    d.finish_prompt()
+    from ari_app.engine import SpeechEnded, SpeechStarted
+
+    d.advance(1)
+    d.send(SpeechStarted(d.now))
+    d.advance(5)
+    assert d.result is None
+    d.send(SpeechEnded(d.now, None))
+    d.advance(2.9)
+    assert d.result is None
+    d.advance(0.2)
+    assert d.finished.status is Status.NO_INPUT
+
+
+def test_keys_and_voice_mix_in_one_entry() -> None:
+    d = Driver.start("num_digits=6")
+    d.finish_prompt()
+    d.keys("12")
+    speak(d, "3456")
+    result = d.finished
+    assert result.user_input == "123456"
+    assert [r.source for r in result.digits] == [Source.KEY] * 2 + [Source.VOICE] * 4
+
+
+def test_words_beyond_max_digits_are_not_entered() -> None:
+    d = Driver.start("num_digits=4")
+    d.finish_prompt()
+    speak(d, "123456")
+    assert d.finished.user_input == "1234"
+
+
+def test_a_spoken_yes_confirms_and_a_spoken_no_asks_again() -> None:
+    d = Driver.start("num_digits=3", "ask_for_confirmation=yes")
+    d.finish_prompt()
+    speak(d, "555")
+    d.finish_prompt()  # the read-back ends
+    speak(d, transcript="no that's wrong", answer=False)
+    assert d.result is None
+    d.finish_prompt()  # the prompt again
+    speak(d, "556")
+    speak(d, transcript="yes", answer=True)  # barging into the read-back
+    result = d.finished
+    assert result.status is Status.COMPLETED
+    assert result.user_input == "556"
+    assert result.confirmed is Confirmed.YES
+    assert [s.detail for s in result.steps if s.kind == "confirmation"] == [
+        "no (voice)",
+        "yes (voice)",
+    ]
+
+
+def test_talking_over_the_read_back_without_an_answer_reads_it_again() -> None:
+    d = Driver.start("num_digits=3", "ask_for_confirmation=yes")
+    d.finish_prompt()
+    speak(d, "555")
+    readback = d.playing
+    assert readback is not None and readback.reads_digits
+    speak(d, transcript="hmm what", answer=None)
+    assert d.playing is not None and d.playing.reads_digits
+    assert d.playing.playback != readback.playback
+
+
+def test_input_dtmf_ignores_speech_and_input_speech_ignores_keys() -> None:
+    d = Driver.start("num_digits=2", "input=dtmf")
+    d.finish_prompt()
+    speak(d, "99")
+    d.keys("12")
+    assert d.finished.user_input == "12"
+
+    d = Driver.start("num_digits=2", "input=speech")
+    d.finish_prompt()
+    d.keys("12")
+    speak(d, "34")
+    assert d.finished.user_input == "34"
+
+
+def test_keys_confirm_even_when_input_is_speech() -> None:
+    d = Driver.start("num_digits=2", "input=speech", "ask_for_confirmation=yes")
+    d.finish_prompt()
+    speak(d, "34")
+    d.keys("1")
+    assert d.finished.confirmed is Confirmed.YES
