@@ -31,6 +31,8 @@ from ari_app.engine import (
     PromptFinished,
     Result,
     Source,
+    SpeechEnded,
+    SpeechStarted,
     Start,
     StartTimer,
     Status,
@@ -38,6 +40,7 @@ from ari_app.engine import (
     Timer,
     TimerFired,
 )
+from ari_app.params import Params
 from ari_app.store.records import EntryOutcome, EntryStart, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,13 @@ class CallPort(Protocol):
     async def release(self) -> None:
         """Return the channel to the dialplan."""
         ...
+
+
+class Attachment(Protocol):
+    """Something living as long as the entry (the speech tap): closed when collection ends,
+    before the channel returns to the dialplan. ``close`` must not raise."""
+
+    async def close(self) -> None: ...
 
 
 class EntryStore(Protocol):
@@ -122,8 +132,24 @@ class CallSession:
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._playbacks: dict[str, int] = {}
         self._hung_up = False
+        self._attachments: list[Attachment] = []
         self.entry_id: int | None = None
         self.result: Result | None = None
+
+    @property
+    def params(self) -> Params | None:
+        return self._collector.params
+
+    @property
+    def expects_answer(self) -> bool:
+        return self._collector.expects_answer
+
+    def next_timer_at(self) -> float | None:
+        """Loop time of the earliest pending timer (adapters that poll size their waits by it)."""
+        return min((handle.when() for handle in self._timers.values()), default=None)
+
+    def attach(self, attachment: Attachment) -> None:
+        self._attachments.append(attachment)
 
     @property
     def sensitive(self) -> bool:
@@ -141,6 +167,14 @@ class CallSession:
         number = self._playbacks.get(playback_id)
         if number is not None:
             self._inbox.put_nowait(PromptFinished(number, self._clock()))
+
+    def deliver_speech_started(self) -> None:
+        self._inbox.put_nowait(SpeechStarted(self._clock()))
+
+    def deliver_speech_ended(
+        self, transcript: str | None, digits: str = "", answer: bool | None = None
+    ) -> None:
+        self._inbox.put_nowait(SpeechEnded(self._clock(), transcript, digits, answer))
 
     def deliver_hangup(self) -> None:
         self._hung_up = True
@@ -165,6 +199,8 @@ class CallSession:
             result = await self._collect()
         finally:
             self._cancel_all_timers()
+            for attachment in reversed(self._attachments):
+                await attachment.close()
         self.result = result
         self._log_result(result)
         entry_id = await row

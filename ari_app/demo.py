@@ -1,8 +1,8 @@
 """``ari-digits demo``: the whole product on this machine in about a minute.
 
-Starts the Asterisk sandbox, runs the Stasis application on SQLite, places three simulated
-callers (a 10-digit number with read-back confirmation, a short entry, a hangup) and prints the
-rows they left in the database.
+Starts the Asterisk sandbox, runs the Stasis application on SQLite, places four simulated
+callers (a keyed 10-digit number with read-back confirmation, a short entry, a spoken number, a
+hangup) and prints the rows they left in the database.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from ari_app.cli import format_table
+from ari_app.cli_results import format_entries_table
 from ari_app.sandbox import AsteriskSandbox, SandboxError, default_conf_dir
 from ari_app.server import running_service
 from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers
+from ari_app.simulate import SimulatedCallers, synthesize_caller_speech
 from ari_app.store.repository import Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ DEMO_CALLS = (
         "account number, caller stops after 3 of 6 digits",
         "num_digits=6,label=account,max_attempts=1,dtmf_input_timeout=2,prompt=sound:beep",
         "wait:0.5^dtmf:123",
+    ),
+    (
+        "extension, spoken: 'double five, one two'",
+        "num_digits=4,label=extension,prompt=sound:beep",
+        "wait:0.5^play:{spoken}",
     ),
     (
         "PIN, caller hangs up after 2 digits",
@@ -52,6 +57,12 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
     except SandboxError as exc:
         log.error("%s", exc)
         return 1
+    spoken = await asyncio.to_thread(
+        synthesize_caller_speech,
+        "double five, one two",
+        sandbox.paths.chroot_dir,
+        "demo-spoken-extension",
+    )
     settings = replace(
         settings,
         ari_url=sandbox.ari_url,
@@ -67,6 +78,7 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
                 calls = []
                 for description, arguments, script in DEMO_CALLS:
                     print(f"calling: {description}\n  Stasis(digits,{arguments})", flush=True)
+                    script = script.format(spoken=spoken)
                     calls.append(await callers.place_call(arguments, script))
                 for call in calls:
                     result = await callers.dialplan_result(call, within=60)
@@ -81,7 +93,7 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
         finally:
             await store.close()
         print(f"\nstored rows ({database_url}):")
-        print(format_table(entries))
+        print(format_entries_table(entries))
     finally:
         if not keep:
             await asyncio.to_thread(sandbox.stop)

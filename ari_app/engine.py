@@ -259,6 +259,11 @@ class DigitCollector:
         return self._params if isinstance(self._params, Params) else None
 
     @property
+    def expects_answer(self) -> bool:
+        """The read-back is playing or awaiting its yes/no."""
+        return self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER)
+
+    @property
     def done(self) -> bool:
         return self._phase is Phase.DONE
 

@@ -27,6 +27,20 @@ class Settings:
     reconnect_max_delay: float = 10.0
     # Concurrent REST connections to Asterisk; keep it below http.conf's sessionlimit.
     ari_max_connections: int = 32
+    # Spoken digits: one shared RTP port receives every entry's audio (see speech/rtp.py).
+    speech: bool = True
+    rtp_host: str = "127.0.0.1"
+    rtp_ports: tuple[int, int] = (0, 0)  # (0, 0): any free port
+    rtp_advertised_host: str = ""  # what Asterisk sends to; "" = rtp_host
+    speech_model: str = ""  # a CTranslate2 Whisper directory or name; "" = bundled tiny.en
+    speech_workers: int = 2
+    # Operators' HTTP API; not started without a token.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8090
+    api_token: str = ""
+    # FastAGI: AGI(agi://HOST:PORT/collect?...). None: no FastAGI server.
+    agi_host: str = "127.0.0.1"
+    agi_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -49,7 +63,34 @@ class Settings:
         url = text("ARI_URL", defaults.ari_url)
         if not url.startswith(("http://", "https://")):
             raise SettingsError(f"ARI_URL must start with http:// or https://, got {url!r}")
+        speech = text("SPEECH", "on").lower()
+        if speech not in ("on", "off"):
+            raise SettingsError(f"SPEECH must be on or off, got {speech!r}")
+        try:
+            workers = int(text("SPEECH_WORKERS", str(defaults.speech_workers)))
+        except ValueError:
+            raise SettingsError("SPEECH_WORKERS must be a whole number") from None
+        if workers < 1:
+            raise SettingsError("SPEECH_WORKERS must be at least 1")
+        rtp_host = text("RTP_HOST", defaults.rtp_host)
+        try:
+            api_port = int(text("API_PORT", str(defaults.api_port)))
+        except ValueError:
+            raise SettingsError("API_PORT must be a TCP port") from None
+        if not 0 <= api_port <= 65535:
+            raise SettingsError(f"API_PORT must be between 0 and 65535, got {api_port}")
         return cls(
+            api_host=text("API_HOST", defaults.api_host),
+            api_port=api_port,
+            api_token=env.get("API_TOKEN", ""),
+            agi_host=text("AGI_HOST", defaults.agi_host),
+            agi_port=_agi_port(env.get("AGI_PORT", "")),
+            speech=speech == "on",
+            rtp_host=rtp_host,
+            rtp_ports=_port_range(text("RTP_PORTS", "0")),
+            rtp_advertised_host=text("RTP_ADVERTISED_HOST", ""),
+            speech_model=text("SPEECH_MODEL", ""),
+            speech_workers=workers,
             ari_url=url if url.endswith("/") else url + "/",
             ari_user=text("ARI_USER", defaults.ari_user),
             ari_password=env.get("ARI_PASSWORD", ""),
@@ -61,3 +102,31 @@ class Settings:
             reconnect_max_delay=reconnect,
             ari_max_connections=connections,
         )
+
+
+def _port_range(raw: str) -> tuple[int, int]:
+    """``0`` (any free port), ``40000`` or ``40000-40099``."""
+    low, _, high = raw.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise SettingsError(
+            f"RTP_PORTS must be a port or a range like 40000-40099, got {raw!r}"
+        ) from None
+    if not (0 <= first <= last <= 65535) or (first == 0 and last != 0):
+        raise SettingsError(f"RTP_PORTS is not a valid port range: {raw!r}")
+    return first, last
+
+
+def _agi_port(raw: str) -> int | None:
+    """``AGI_PORT``: empty or ``off`` → no FastAGI server; otherwise a TCP port (0: any free)."""
+    text = raw.strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        raise SettingsError(f"AGI_PORT must be a TCP port or off, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"AGI_PORT must be between 0 and 65535, got {port}")
+    return port

@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -80,6 +84,54 @@ class SimulatedCallers:
             raise RuntimeError(f"originate failed: {status} {body}")
         return Call(test_id, str(body["id"]))
 
+    async def place_agi_call(
+        self,
+        agi_port: int,
+        query: str,
+        script: str,
+        *,
+        agi_script: str = "collect",
+        gap_ms: int | None = None,
+    ) -> Call:
+        """Originate a caller whose ``;1`` half runs ``agi-test,collect``:
+        ``AGI(agi://127.0.0.1:<agi_port>/<agi_script>?<query>)``, then records the ``DIGITS*``
+        variables in ``RESULT_<id>`` (read with :meth:`dialplan_result`) and ``AGISTATUS`` in
+        ``AGISTATUS_<id>`` (:meth:`global_variable`). The channel id is the AGI's
+        ``agi_uniqueid``.
+        """
+        test_id = f"t{time.monotonic_ns()}x{next(_ids)}"
+        variables = {
+            "TEST_ID": test_id,
+            "AGI_TEST_PORT": str(agi_port),
+            "AGI_SCRIPT": agi_script,
+            "AGI_QUERY": query,
+            "SIM_SCRIPT": script,
+        }
+        if gap_ms is not None:
+            variables["SIM_GAP_MS"] = str(gap_ms)
+        status, body = await self.request(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": "Local/sim@caller-sim/n",
+                "context": "agi-test",
+                "extension": "collect",
+                "priority": "1",
+                "formats": "slin16",
+            },
+            json={"variables": variables},
+        )
+        if status != 200:
+            raise RuntimeError(f"originate failed: {status} {body}")
+        return Call(test_id, str(body["id"]))
+
+    async def global_variable(self, name: str) -> str | None:
+        """A dialplan global's value (None when unset or empty)."""
+        status, body = await self.request("GET", "/asterisk/variable", params={"variable": name})
+        if status == 200 and body and body.get("value"):
+            return str(body["value"])
+        return None
+
     async def dialplan_result(self, call: Call, within: float = 20.0) -> DialplanResult:
         """What the dialplan saw in DIGITS* after the app continued the channel."""
         deadline = time.monotonic() + within
@@ -106,3 +158,42 @@ class SimulatedCallers:
         if status != 200:
             raise RuntimeError(f"GET /channels answered {status}")
         return [str(channel["name"]) for channel in body]
+
+
+CALLER_SOUNDS = "var/lib/asterisk/sounds/ari-digits-callers"
+
+
+def synthesize_caller_speech(
+    text: str, chroot: Path, name: str, *, voice: str = "en-us", words_per_minute: int = 150
+) -> str:
+    """Speak ``text`` with espeak-ng into the sandbox at telephone quality (8 kHz mu-law).
+
+    Returns the path a simulated caller plays it from (``play:<path>`` in ``SIM_SCRIPT``).
+    """
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"{tool} is needed to synthesise callers' speech (apt-get install {tool})"
+            )
+    folder = chroot / CALLER_SOUNDS
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        spoken = Path(scratch) / "spoken.wav"
+        mulaw = Path(scratch) / "line.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(spoken), text],
+            check=True,
+            capture_output=True,
+        )
+        # Through a telephone line: 8 kHz mu-law, then the 16-bit PCM WAV Asterisk plays.
+        subprocess.run(
+            ["sox", str(spoken), "-r", "8000", "-c", "1", "-e", "mu-law", str(mulaw)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["sox", str(mulaw), "-e", "signed-integer", "-b", "16", str(folder / f"{name}.wav")],
+            check=True,
+            capture_output=True,
+        )
+    return f"/{CALLER_SOUNDS}/{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from ari_app.sandbox import AsteriskSandbox
 from ari_app.store.records import StoredEntry
 from ari_app.store.repository import Store
 
@@ -20,3 +21,9 @@ async def stored_entry(store: Store, channel_id: str, within: float = 20.0) -> S
                 return full
         await asyncio.sleep(0.05)
     raise AssertionError(f"no finished entry for channel {channel_id} within {within} s")
+
+
+def ensure_agi_dialplan(asterisk: AsteriskSandbox) -> None:
+    """A sandbox started before ``agi-test`` existed gets the dialplan reloaded once."""
+    if "'collect' =>" not in asterisk.cli("dialplan show collect@agi-test"):
+        asterisk.reload()

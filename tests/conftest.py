@@ -37,8 +37,12 @@ class Service:
     settings: Settings
 
 
-def service_settings(asterisk: AsteriskSandbox, database_url: str) -> Settings:
+def service_settings(
+    asterisk: AsteriskSandbox, database_url: str, *, speech: bool = False
+) -> Settings:
+    """Keypad tests run without the speech path (no model to load); speech tests turn it on."""
     return Settings(
+        speech=speech,
         ari_url=asterisk.ari_url,
         ari_user=asterisk.ari_user,
         ari_password=asterisk.ari_password,

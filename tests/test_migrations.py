@@ -25,9 +25,13 @@ from tests import pg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
+HEAD = "0002"
 
 EXPECTED_ENTRY_INDEXES = {
-    "ix_entries_started_at": ["started_at"],
+    "ix_entries_started_at_status_label": ["started_at", "status", "label"],
+    "ix_entries_channel_name": ["channel_name"],
+    "ix_entries_transport_started_at": ["transport", "started_at"],
+    "ix_entries_confirmed_started_at": ["confirmed", "started_at"],
     "ix_entries_status_started_at": ["status", "started_at"],
     "ix_entries_label_started_at": ["label", "started_at"],
     "ix_entries_caller_number_started_at": ["caller_number", "started_at"],
@@ -120,7 +124,7 @@ def test_upgrade_downgrade_upgrade_and_no_drift(db_url: str) -> None:
 
     upgrade_to_head(db_url)
     assert_schema_at_head(db_url)
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
     command.check(cfg)
 
     command.downgrade(cfg, "base")
@@ -134,7 +138,7 @@ def test_upgrade_downgrade_upgrade_and_no_drift(db_url: str) -> None:
 
     # Upgrading again is a no-op.
     upgrade_to_head(db_url)
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
 
 
 def test_check_detects_drift(db_url: str) -> None:
@@ -249,7 +253,7 @@ def test_alembic_cli_with_ini(db_url: str, tmp_path: Path) -> None:
     # $DATABASE_URL is used when there is no -x url=...
     env["DATABASE_URL"] = db_url
     out = run_alembic_cli(["current"], tmp_path, env)
-    assert "0001 (head)" in out
+    assert f"{HEAD} (head)" in out
     run_alembic_cli(["downgrade", "base"], tmp_path, env)
     assert describe_schema(db_url)["tables"] == {"alembic_version"}
     # The default URL (./ari-digits.sqlite3) was never used.

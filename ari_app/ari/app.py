@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ari_app.ari.client import AriClient, AriUnavailable
@@ -17,8 +18,11 @@ from ari_app.ari.events import (
     is_own_channel,
     parse_event,
 )
+from ari_app.ari.speech import AriSpeechTap
 from ari_app.call import CallInfo, CallSession, EntryStore, TransportError
 from ari_app.settings import Settings
+from ari_app.speech.recognizer import DigitRecognizer
+from ari_app.speech.rtp import RtpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,15 @@ class AriCallPort:
         await self._client().continue_in_dialplan(self._channel_id)
 
 
+@dataclass(frozen=True)
+class SpeechResources:
+    """Shared by every entry: one RTP port, one loaded model."""
+
+    receiver: RtpReceiver
+    recognizer: DigitRecognizer
+    advertised_host: str  # where Asterisk sends RTP: this host as Asterisk reaches it
+
+
 class AriApplication:
     """Keeps one ARI connection alive and runs one :class:`CallSession` task per caller."""
 
@@ -98,7 +111,9 @@ class AriApplication:
         store: EntryStore,
         *,
         client_factory: ClientFactory = default_client,
+        speech: SpeechResources | None = None,
     ) -> None:
+        self._speech = speech
         self._settings = settings
         self._store = store
         self._client_factory = client_factory
@@ -224,9 +239,29 @@ class AriApplication:
         )
         self.sessions[channel.id] = session
         self._idle.clear()
+        self.tap_speech(session)
         task = asyncio.create_task(self._run_session(session), name=f"call-{channel.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def tap_speech(self, session: CallSession) -> None:
+        """Hear the caller of this entry (any channel: Stasis or FastAGI), if speech is on."""
+        params = session.params
+        if self._speech is None or self.client is None or params is None:
+            return
+        if not params.accepts_speech:
+            return
+        tap = AriSpeechTap(
+            self.client,
+            self._speech.receiver,
+            self._speech.recognizer,
+            channel_id=session.info.channel_id,
+            advertised_host=self._speech.advertised_host,
+            max_digits=params.max_digits,
+            target=session,
+        )
+        session.attach(tap)
+        tap.start()
 
     async def _run_session(self, session: CallSession) -> None:
         try:

@@ -43,6 +43,11 @@ for _chatty in ("aioswagger11", "aioari"):
 JsonObject = dict[str, Any]
 HEARTBEAT_SECONDS = 10.0
 REQUEST_TIMEOUT_SECONDS = 10.0
+BRIDGE_JOIN_ATTEMPTS = 20  # about 2 s in all
+
+
+class ChannelNotReady(TransportError):
+    """422: the channel exists but has not entered our application yet."""
 
 
 class AriUnavailable(Exception):
@@ -168,6 +173,64 @@ class AriClient:
     async def hangup(self, channel_id: str) -> None:
         await self._call("channels", "hangup", channelId=channel_id)
 
+    async def snoop(self, channel_id: str, snoop_id: str) -> None:
+        """A channel that hears what the caller says (``spy=in``), entering our app."""
+        await self._call(
+            "channels",
+            "snoopChannelWithId",
+            channelId=channel_id,
+            snoopId=snoop_id,
+            spy="in",
+            app=self.app,
+        )
+
+    async def external_media(self, channel_id: str, rtp_destination: str) -> tuple[str, int]:
+        """An externalMedia channel sending slin16 RTP to us; returns where Asterisk sends from."""
+        channel = await self._call(
+            "channels",
+            "externalMedia",
+            channelId=channel_id,
+            app=self.app,
+            external_host=rtp_destination,
+            format="slin16",
+            encapsulation="rtp",
+            transport="udp",
+            connection_type="client",
+            direction="both",
+        )
+        variables = getattr(channel, "json", {}).get("channelvars", {})
+        try:
+            return str(variables["UNICASTRTP_LOCAL_ADDRESS"]), int(
+                variables["UNICASTRTP_LOCAL_PORT"]
+            )
+        except (KeyError, TypeError, ValueError):
+            raise TransportError(
+                f"externalMedia did not say where it sends from: {variables!r}"
+            ) from None
+
+    async def create_mixing_bridge(self, bridge_id: str, channel_ids: Sequence[str]) -> None:
+        await self._call("bridges", "createWithId", bridgeId=bridge_id, type="mixing")
+        # Channels we just created (snoop, externalMedia) enter Stasis a moment after the REST
+        # call that made them returns; until then Asterisk answers 422.
+        for attempt in range(BRIDGE_JOIN_ATTEMPTS):
+            try:
+                await self._call(
+                    "bridges", "addChannel", bridgeId=bridge_id, channel=",".join(channel_ids)
+                )
+                return
+            except ChannelNotReady:
+                if attempt == BRIDGE_JOIN_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        with contextlib.suppress(ChannelGone):
+            await self._call("bridges", "destroy", bridgeId=bridge_id)
+
+    async def hangup_quietly(self, channel_id: str) -> None:
+        with contextlib.suppress(ChannelGone):
+            await self._call("channels", "hangup", channelId=channel_id)
+
     async def channel_exists(self, channel_id: str) -> bool:
         try:
             await self._call("channels", "get", channelId=channel_id)
@@ -183,6 +246,8 @@ class AriClient:
         except (web_exceptions.HTTPNotFound, web_exceptions.HTTPConflict) as exc:
             # 404: no such channel or playback; 409: the channel is not in our application.
             raise ChannelGone(f"{resource}.{operation}: {exc.status_code}") from None
+        except web_exceptions.HTTPUnprocessableEntity as exc:
+            raise ChannelNotReady(f"{resource}.{operation}: HTTP 422 {exc.text}") from None
         except web_exceptions.HTTPException as exc:
             raise TransportError(
                 f"{resource}.{operation}: HTTP {exc.status_code} {exc.text}"

@@ -80,7 +80,12 @@ class Entry(Base):
     )
 
     __table_args__ = (
-        Index("ix_entries_started_at", "started_at"),
+        # (started_at, status, label): time ranges newest first, and per-status/label counts
+        # over a range from the index alone (migration 0002).
+        Index("ix_entries_started_at_status_label", "started_at", "status", "label"),
+        Index("ix_entries_channel_name", "channel_name"),
+        Index("ix_entries_transport_started_at", "transport", "started_at"),
+        Index("ix_entries_confirmed_started_at", "confirmed", "started_at"),
         Index("ix_entries_status_started_at", "status", "started_at"),
         Index("ix_entries_label_started_at", "label", "started_at"),
         Index("ix_entries_caller_number_started_at", "caller_number", "started_at"),

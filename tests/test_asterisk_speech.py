@@ -1,0 +1,152 @@
+"""Spoken digits end to end: a simulated caller plays synthesised speech into a real call."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ari_app.sandbox import AsteriskSandbox
+from ari_app.server import running_service
+from ari_app.simulate import SimulatedCallers, synthesize_caller_speech
+from ari_app.store.repository import Store
+from tests.asterisk_harness import stored_entry
+from tests.conftest import Service, service_settings
+from tests.test_agi_calls import ensure_agi_dialplan
+
+pytestmark = pytest.mark.asterisk
+
+PHRASES = {
+    "pin_double": "double five, one two",
+    "three_four": "three four",
+    "yes": "yes",
+    "seven_seven": "seven seven",
+    "one_two": "one two",
+}
+
+
+@pytest.fixture(scope="module")
+def voices(asterisk: AsteriskSandbox) -> Iterator[dict[str, str]]:
+    """Each phrase as a caller would send it: espeak-ng through an 8 kHz mu-law line."""
+    yield {
+        name: synthesize_caller_speech(text, asterisk.paths.chroot_dir, f"test-{name}")
+        for name, text in PHRASES.items()
+    }
+
+
+@pytest.fixture
+async def speech_service(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIterator[Service]:
+    settings = service_settings(
+        asterisk, f"sqlite+aiosqlite:///{tmp_path / 'speech.sqlite3'}", speech=True
+    )
+    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
+    async with running_service(settings, connect_timeout=10) as app:
+        store = Store.from_url(settings.database_url)
+        try:
+            yield Service(app, store, callers, settings)
+        finally:
+            await store.close()
+            await callers.close()
+
+
+async def test_a_pin_with_double(speech_service: Service, voices: dict[str, str]) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=4,label=pin,prompt=sound:beep", f"wait:0.5^play:{voices['pin_double']}"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "5512")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert {e.source for e in entry.events if e.kind == "digit"} == {"voice"}
+    assert any(e.kind == "utterance" and e.detail for e in entry.events)
+
+
+async def test_two_keys_then_voice_in_one_entry(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=4,prompt=sound:beep", f"wait:0.5^dtmf:12^wait:0.3^play:{voices['three_four']}"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "1234")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    sources = [e.source for e in entry.events if e.kind == "digit"]
+    assert sources == ["key", "key", "voice", "voice"]
+
+
+async def test_a_spoken_yes_confirms(speech_service: Service, voices: dict[str, str]) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=3,ask_for_confirmation=yes,prompt=sound:beep",
+        f"wait:0.5^dtmf:555^wait:1^play:{voices['yes']}",
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits, result.confirmed) == ("completed", "555", "yes")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert [e.detail for e in entry.events if e.kind == "confirmation"] == ["yes (voice)"]
+
+
+async def test_speech_barges_into_a_long_prompt(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=2,prompt=sound:demo-congrats", f"wait:1^play:{voices['seven_seven']}^wait:5"
+    )
+    prompt = f"{call.channel_id}-p1"
+    deadline = time.monotonic() + 5
+    while not await speech_service.callers.playback_exists(prompt):
+        assert time.monotonic() < deadline, "the prompt never started"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)  # the caller started talking about a second ago
+    assert not await speech_service.callers.playback_exists(prompt), "the prompt is still playing"
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "77")
+
+
+async def test_hangup_tears_the_speech_tap_down(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=6,prompt=sound:beep", f"wait:0.5^play:{voices['one_two']}^wait:1^hangup"
+    )
+    entry = await stored_entry(speech_service.store, call.channel_id, within=30)
+    assert entry.status == "hangup"
+    assert entry.user_input == "12"
+    await speech_service.app.wait_idle(within=10)
+    leftovers = await speech_service.callers.leftover_channels()
+    assert not [name for name in leftovers if name.startswith(("Snoop/", "UnicastRTP/"))]
+    status, bridges = await speech_service.callers.request("GET", "/bridges")
+    assert status == 200
+    assert bridges == []
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_spoken_digits_over_fastagi(
+    asterisk: AsteriskSandbox, voices: dict[str, str], tmp_path: Path
+) -> None:
+    """A snoop needs no Stasis: the same tap hears a caller whose dialplan runs AGI()."""
+    await asyncio.to_thread(ensure_agi_dialplan, asterisk)
+    port = free_tcp_port()
+    settings = replace(
+        service_settings(asterisk, f"sqlite+aiosqlite:///{tmp_path / 'agi.sqlite3'}", speech=True),
+        agi_port=port,
+    )
+    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
+    try:
+        async with running_service(settings, connect_timeout=10):
+            call = await callers.place_agi_call(
+                port, "num_digits=4&prompt=sound:beep", f"wait:0.5^play:{voices['pin_double']}"
+            )
+            result = await callers.dialplan_result(call, within=30)
+    finally:
+        await callers.close()
+    assert (result.status, result.digits) == ("completed", "5512")

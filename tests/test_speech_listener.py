@@ -1,0 +1,128 @@
+"""The per-entry speech pipeline (RTP → VAD → recogniser → words → session), with a scripted
+recogniser so it runs without a model."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ari_app.speech.listener import SpeechListener
+from ari_app.speech.recognizer import Recognition, Vocabulary
+from ari_app.speech.rtp import RtpPacket
+from ari_app.speech.words import words_to_digits
+
+
+def spoken_pcm16(text: str, folder: Path) -> bytes:
+    """``text`` spoken by espeak-ng, as 16 kHz 16-bit mono PCM (little-endian)."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is required (apt-get install {tool})")
+    raw, resampled = folder / "raw.wav", folder / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(resampled)],
+        check=True,
+        capture_output=True,
+    )
+    with wave.open(str(resampled)) as reader:
+        return reader.readframes(reader.getnframes())
+
+
+def as_rtp(
+    pcm_le: bytes, *, silence_before: float = 0.5, silence_after: float = 1.0
+) -> list[RtpPacket]:
+    """Little-endian PCM as Asterisk's slin16 RTP: big-endian, 640-byte payloads."""
+    samples = np.frombuffer(pcm_le, dtype="<i2")
+    audio = np.concatenate(
+        [
+            np.zeros(int(16000 * silence_before), "<i2"),
+            samples,
+            np.zeros(int(16000 * silence_after), "<i2"),
+        ]
+    )
+    audio = audio[: len(audio) // 320 * 320].astype(">i2")
+    return [
+        RtpPacket(sequence=i, timestamp=i * 320, ssrc=7, payload=chunk.tobytes(), marker=False)
+        for i, chunk in enumerate(audio.reshape(-1, 320))
+    ]
+
+
+class ScriptedRecognizer:
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.heard: list[tuple[int, str]] = []
+
+    async def recognize(
+        self, audio: Any, *, max_digits: int = 64, vocabulary: Vocabulary = "digits"
+    ) -> Recognition:
+        self.heard.append((len(audio), vocabulary))
+        await asyncio.sleep(0.01)
+        text = self.texts.pop(0)
+        return Recognition(
+            text=text,
+            audio_ms=len(audio) // 16,
+            queued_ms=0.0,
+            decode_ms=10.0,
+            digits=words_to_digits(text).digits,
+        )
+
+
+class Target:
+    expects_answer = False
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.ended = asyncio.Event()
+
+    def deliver_speech_started(self) -> None:
+        self.events.append(("started",))
+
+    def deliver_speech_ended(
+        self, transcript: str | None, digits: str = "", answer: bool | None = None
+    ) -> None:
+        self.events.append(("ended", transcript or "", digits, str(answer)))
+        self.ended.set()
+
+
+async def test_an_utterance_reaches_the_session_as_digits(tmp_path: Path) -> None:
+    target = Target()
+    recognizer = ScriptedRecognizer("Five, five, five.")
+    listener = SpeechListener(target, recognizer, label="t", max_digits=10)
+    try:
+        for packet in as_rtp(spoken_pcm16("five five five", tmp_path)):
+            listener.on_packet(packet)
+        async with asyncio.timeout(2):
+            await target.ended.wait()
+    finally:
+        await listener.close()
+    assert target.events == [("started",), ("ended", "Five, five, five.", "555", "None")]
+    assert recognizer.heard[0][0] > 16000 * 0.5  # the whole utterance
+    assert recognizer.heard[0][1] == "digits"
+
+
+async def test_silence_reaches_nothing_and_yes_is_an_answer(tmp_path: Path) -> None:
+    target = Target()
+    target.expects_answer = True
+    recognizer = ScriptedRecognizer("Yes.")
+    listener = SpeechListener(target, recognizer, label="t", max_digits=4)
+    try:
+        packets = as_rtp(spoken_pcm16("yes", tmp_path), silence_before=2.0)
+        for packet in packets[:90]:  # 1.8 s of silence first
+            listener.on_packet(packet)
+        await asyncio.sleep(0.05)
+        assert target.events == []
+        for packet in packets[90:]:
+            listener.on_packet(packet)
+        async with asyncio.timeout(2):
+            await target.ended.wait()
+    finally:
+        await listener.close()
+    assert target.events[-1] == ("ended", "Yes.", "", "True")
+    assert recognizer.heard[0][1] == "confirmation"  # decoding may say yes or no now

@@ -1,0 +1,236 @@
+"""The digit recogniser with the real model (bundled Whisper tiny.en) on speech synthesised here.
+
+Speech comes from espeak-ng through a telephone channel made with sox (8 kHz mu-law and back to
+16 kHz); both tools are required, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import subprocess
+import time
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from ari_app.speech.recognizer import (
+    SAMPLE_RATE,
+    DigitRecognizer,
+    Recognition,
+    RecognizerSettings,
+    combine,
+    speech_segments,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+Audio = npt.NDArray[np.float32]
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is required for the speech tests: apt-get install espeak-ng sox")
+    return path
+
+
+def say(text: str, tmp: Path, *, voice: str = "en-us", wpm: int = 160) -> Audio:
+    """``text`` spoken by espeak-ng, through a telephone channel, as float32 16 kHz."""
+    espeak, sox = _require("espeak-ng"), _require("sox")
+    raw, ulaw, wide = tmp / "raw.wav", tmp / "ulaw.wav", tmp / "wide.wav"
+    subprocess.run([espeak, "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
+    subprocess.run([sox, str(raw), "-r", "8000", "-c", "1", "-e", "mu-law", str(ulaw)], check=True)
+    subprocess.run(
+        [sox, str(ulaw), "-r", str(SAMPLE_RATE), "-e", "signed", "-b", "16", str(wide)], check=True
+    )
+    with wave.open(str(wide), "rb") as w:
+        assert w.getframerate() == SAMPLE_RATE
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return pcm.astype(np.float32) / 32768.0
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Iterator[DigitRecognizer]:
+    """The model, loaded once for the module."""
+    recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, max_queue=4))
+    yield recognizer
+    asyncio.run(recognizer.close())
+
+
+@pytest.fixture(scope="module")
+def pin(speech_dir: Path) -> Audio:
+    return say("four, seven, one, nine", speech_dir)
+
+
+@pytest.fixture
+async def heartbeat() -> AsyncIterator[list[float]]:
+    """Timestamps of a task that wakes every 10 ms: gaps show a blocked event loop."""
+    beats: list[float] = []
+
+    async def beat() -> None:
+        while True:
+            beats.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(beat())
+    yield beats
+    task.cancel()
+
+
+def largest_gap(beats: list[float]) -> float:
+    return max(b - a for a, b in itertools.pairwise(beats))
+
+
+async def test_single_digit(recognizer: DigitRecognizer, speech_dir: Path) -> None:
+    result = await recognizer.recognize(say("seven", speech_dir), max_digits=1)
+    assert result.digits == "7", result
+    assert result.text  # the raw transcript is kept
+    assert result.audio_ms > 200 and result.decode_ms > 0 and result.queued_ms >= 0
+
+
+async def test_four_digit_pin(recognizer: DigitRecognizer, pin: Audio) -> None:
+    result = await recognizer.recognize(pin, max_digits=4)
+    assert result.digits == "4719", result
+
+
+async def test_ten_digit_number_in_groups(recognizer: DigitRecognizer, speech_dir: Path) -> None:
+    audio = say("five five five, eight six seven, three oh nine two", speech_dir, voice="en")
+    result = await recognizer.recognize(audio, max_digits=10)
+    assert result.digits == "5558673092", result
+
+
+def test_transcribe_blocking_matches(recognizer: DigitRecognizer, pin: Audio) -> None:
+    text = recognizer.transcribe_blocking(pin, max_digits=4)
+    assert recognizer.recognize_blocking(pin, max_digits=4).text == text
+    assert text.strip()
+
+
+async def test_recognize_does_not_block_the_loop(
+    recognizer: DigitRecognizer, pin: Audio, heartbeat: list[float]
+) -> None:
+    await asyncio.sleep(0.05)
+    result = await recognizer.recognize(pin, max_digits=4)
+    await asyncio.sleep(0.05)
+    assert result.decode_ms > 50  # the decode took a while...
+    assert largest_gap(heartbeat) < 0.1  # ...and the loop kept ticking through it
+
+
+async def test_burst_of_twenty_waits_and_all_complete(
+    recognizer: DigitRecognizer, pin: Audio, heartbeat: list[float]
+) -> None:
+    # workers=2 and max_queue=4: 14 of the 20 must wait to enter the queue.
+    before = recognizer.stats
+    results = await asyncio.gather(*(recognizer.recognize(pin, max_digits=4) for _ in range(20)))
+    after = recognizer.stats
+    assert [r.digits for r in results] == ["4719"] * 20
+    assert after.decoded - before.decoded == 20
+    assert after.waited_for_room - before.waited_for_room >= 14
+    assert after.queued_now == 0 and after.running_now == 0
+    assert max(r.queued_ms for r in results) > min(r.queued_ms for r in results)
+    assert largest_gap(heartbeat) < 0.2
+
+
+async def test_cancelled_caller_does_not_break_the_queue(
+    recognizer: DigitRecognizer, pin: Audio
+) -> None:
+    task = asyncio.create_task(recognizer.recognize(pin, max_digits=4))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    result = await recognizer.recognize(pin, max_digits=4)
+    assert result.digits == "4719"
+
+
+async def test_empty_audio_gives_an_empty_result(recognizer: DigitRecognizer) -> None:
+    result = await recognizer.recognize(np.zeros(0, np.float32))
+    assert result == Recognition(
+        text="", audio_ms=0, queued_ms=result.queued_ms, decode_ms=result.decode_ms
+    )
+
+
+async def test_silence_gives_no_digits(recognizer: DigitRecognizer) -> None:
+    result = await recognizer.recognize(np.zeros(SAMPLE_RATE, np.float32))
+    assert result.digits == ""
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.array([0.0, np.nan, 0.1], np.float32), "NaN"),
+        (np.array([0.0, np.inf], np.float32), "NaN or infinite"),
+        (np.zeros(1600, np.int16), "float"),
+        (np.zeros((2, 1600), np.float32), "mono"),
+        ([0.0, 0.1], "numpy array"),
+    ],
+)
+async def test_bad_input_is_a_clear_error(
+    recognizer: DigitRecognizer, audio: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await recognizer.recognize(audio)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        recognizer.transcribe_blocking(audio)  # type: ignore[arg-type]
+
+
+async def test_column_vector_and_float64_are_accepted(
+    recognizer: DigitRecognizer, pin: Audio
+) -> None:
+    result = await recognizer.recognize(pin.astype(np.float64).reshape(-1, 1), max_digits=4)
+    assert result.digits == "4719"
+
+
+async def test_closed_recognizer_refuses_work(pin: Audio) -> None:
+    recognizer = DigitRecognizer.load(RecognizerSettings(workers=1))
+    await recognizer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await recognizer.recognize(pin)
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="could not load the Whisper model"):
+        DigitRecognizer.load(RecognizerSettings(model=str(tmp_path / "missing")))
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        RecognizerSettings(workers=0)
+    with pytest.raises(ValueError):
+        RecognizerSettings(window_s=60)
+
+
+def test_pauses_split_segments() -> None:
+    rng = np.random.default_rng(1)
+    tone = (0.3 * np.sin(np.arange(SAMPLE_RATE // 2) * 2 * np.pi * 300 / SAMPLE_RATE)).astype(
+        np.float32
+    )
+    gap = (0.001 * rng.standard_normal(SAMPLE_RATE // 4)).astype(np.float32)
+    audio = np.concatenate([gap, tone, gap, tone, gap[:800], tone, gap])
+    spans = speech_segments(audio, min_pause_ms=100)
+    assert len(spans) == 2  # the 50 ms gap does not split
+
+
+def test_combine_fills_a_dropped_digit_and_keeps_the_rest() -> None:
+    def nbest(*digits: str) -> list[tuple[str, str, float]]:
+        return [(d, d, -0.1 * i) for i, d in enumerate(digits)]
+
+    # Whole transcript "63" for three segments that heard 6, 5 (or 3), 3: the 5 was dropped.
+    chosen = combine("63", [nbest("6"), nbest("5", "3"), nbest("3")], [2, 2, 2])
+    assert "".join(d for _, d in chosen) == "653"
+    # A segment's lone guess does not overrule the whole transcript's two digits there.
+    chosen = combine("8609", [nbest("8"), nbest("6"), nbest("0")], [1, 1, 2])
+    assert "".join(d for _, d in chosen) == "8609"
+    # A runaway repetition is cut down to what the segments can hold.
+    chosen = combine("4877777777", [nbest("4"), nbest("8"), nbest("7")], [1, 1, 1])
+    assert "".join(d for _, d in chosen) == "487"
