@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 import subprocess
 import time
@@ -27,6 +28,7 @@ from ari_app.speech.recognizer import (
     combine,
     speech_segments,
 )
+from ari_app.speech.words import confirmation_answer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -105,9 +107,21 @@ async def test_four_digit_pin(recognizer: DigitRecognizer, pin: Audio) -> None:
 
 
 async def test_ten_digit_number_in_groups(recognizer: DigitRecognizer, speech_dir: Path) -> None:
-    audio = say("five five five, eight six seven, three oh nine two", speech_dir, voice="en")
+    audio = say("six one seven, four nine two, three eight oh five", speech_dir)
     result = await recognizer.recognize(audio, max_digits=10)
-    assert result.digits == "5558673092", result
+    assert result.digits == "6174923805", result
+
+
+@pytest.mark.parametrize(("spoken", "answer"), [("yes, that's right", True), ("no", False)])
+async def test_confirmation_vocabulary_hears_yes_and_no(
+    recognizer: DigitRecognizer, speech_dir: Path, spoken: str, answer: bool
+) -> None:
+    audio = say(spoken, speech_dir)
+    result = await recognizer.recognize(audio, vocabulary="confirmation")
+    assert confirmation_answer(result.text) is answer, result
+    # The digit vocabulary cannot write "yes" or "no": that is why the confirmation one exists.
+    digits_only = recognizer.transcribe_blocking(audio)
+    assert not re.search(r"\b(yes|yeah|no|right|wrong)\b", digits_only, re.IGNORECASE)
 
 
 def test_transcribe_blocking_matches(recognizer: DigitRecognizer, pin: Audio) -> None:

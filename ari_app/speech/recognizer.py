@@ -13,17 +13,20 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
    ``suppress_tokens`` (end-of-text stays allowed). This forces a digit choice where tiny.en would
    otherwise return nothing for a short word. Punctuation matters: with digit tokens alone,
    tiny.en drops digits from strings it would write as "7, 1, 0".
-3. **Beam search** (``beam_size`` 5, no sampling, no timestamps, no previous text, no prompt: a
-   prompt listing digits makes tiny.en repeat them). Output length is capped from ``max_digits``
-   and the audio's duration, so a runaway repetition is bounded in time.
+3. **Beam search** (``beam_size`` 5, 3-best, no sampling, no timestamps, no previous text, no
+   prompt: a prompt listing digits makes tiny.en repeat them). When the best hypothesis has no
+   digit but there is speech, the best one with digits is taken. Output length is capped from
+   ``max_digits`` and the audio's duration, so a runaway repetition is bounded in time. Silence
+   (no stretch above the noise floor) is not decoded at all.
 4. **Pause check and per-segment fallback.** Whisper's errors on digit strings are mostly
-   *dropped* digits (and, rarely, a repeated one). The utterance is cut at pauses
-   (``min_pause_ms``, energy relative to the utterance's own peak and noise floor). When the
-   transcript holds fewer digits than there are spoken segments, repeats one digit three times, or
-   holds more digits than one-word segments can carry, each segment is decoded on its own
-   (n-best, batched) and the segments' hypotheses are combined with the whole-utterance
-   transcript: the combination closest to it (edit distance) wins, ties going to the better-scored
-   hypotheses.
+   *dropped* digits, and sometimes a repetition loop. The utterance is cut at pauses
+   (``min_pause_ms``; energy above both the utterance's noise floor + 6 dB and its peak - 25 dB).
+   When the transcript holds fewer digits than there are spoken segments, more than
+   ``max_digits``, or one digit four times in a row, each segment (cut in the middle of the
+   pauses) is decoded on its own (3-best, one batch) and :func:`combine` merges them with the
+   whole-utterance transcript: a segment the transcript left without a digit gets its own best
+   hypothesis, a runaway repetition is cut to what the segments can hold, and the transcript's
+   other digits stay as they are (a single segment's guess is weaker evidence than the whole).
 
 ``text`` is the raw transcript (the combined segments' transcripts in the fallback case);
 ``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it.
@@ -70,10 +73,12 @@ _MAX_FRAMES = 3000  # Whisper's 30 s window
 _MAX_WINDOW_SAMPLES = _MAX_FRAMES * _HOP
 
 Vocabulary = Literal["digits", "confirmation"]
+_Vocabulary = Literal["digits", "confirmation", "single_digits"]
 
 _DIGIT_TOKENS = (
     r"[0-9]+|[,.?!-]|(?i:zero|one|two|three|four|five|six|seven|eight|nine|oh|o|double|triple)"
 )
+_SINGLE_DIGIT_TOKENS = r"[0-9]"  # the last resort for a word heard as nothing
 _CONFIRMATION_TOKENS = (
     _DIGIT_TOKENS
     + r"|(?i:yes|yeah|yep|yup|ya|no|nope|nah|not|correct|incorrect|right|wrong|okay|ok|sure"
@@ -166,6 +171,7 @@ class _Decoder:
         self.suppress: dict[str, list[int]] = {
             "digits": self._suppress(_DIGIT_TOKENS, vocab_size),
             "confirmation": self._suppress(_CONFIRMATION_TOKENS, vocab_size),
+            "single_digits": self._suppress(_SINGLE_DIGIT_TOKENS, vocab_size),
         }
         self.settings = settings
 
@@ -191,7 +197,7 @@ class _Decoder:
         self,
         mels: list[npt.NDArray[np.float32]],
         *,
-        vocabulary: Vocabulary,
+        vocabulary: _Vocabulary,
         max_new_tokens: int,
         hypotheses: int,
     ) -> list[list[tuple[str, float]]]:
@@ -316,7 +322,8 @@ def combine(
     so that together they stay closest to ``whole``.
 
     ``segments`` holds each segment's n-best list of (digits, text, score), best first;
-    ``capacity`` the most digits a segment can hold (from its duration). A segment's own
+    ``capacity`` the most digits a segment can hold (from its duration; a hypothesis with more
+    is only used when the segment has no other). A segment's own
     hypothesis costs its edit distance to the stretch of ``whole`` it replaces, plus the score it
     gives up against the segment's best; a segment whose best hypothesis has digits may not pick
     an empty one. Keeping 1..capacity digits of ``whole`` as they are costs ``_KEEP``. So the
@@ -325,11 +332,12 @@ def combine(
     segment's guess. Returns, per segment, (hypothesis index or -1 for "kept", digits).
     """
     options: list[list[tuple[int, str, float]]] = []
-    for nbest in segments:
+    for nbest, room in zip(segments, capacity, strict=True):
         best_score = nbest[0][2]
         keep = [(i, h[0], best_score - h[2]) for i, h in enumerate(nbest)]
         if nbest[0][0]:
             keep = [k for k in keep if k[1]]
+        keep = [k for k in keep if len(k[1]) <= room] or keep
         unique: dict[str, tuple[int, str, float]] = {}
         for option in keep:
             unique.setdefault(option[1], option)
@@ -549,10 +557,25 @@ class DigitRecognizer:
             [decoder.mel(audio)],
             vocabulary=vocabulary,
             max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
-            hypotheses=1,
+            hypotheses=3,
         )
-        text = nbest[0][0].strip()
+        # There is speech: take the best hypothesis with 1..max_digits digits; when none has,
+        # a decode that may only write single digits, at most max_digits of them.
+        fits = [t for t, _ in nbest if 1 <= len(words_to_digits(t).digits) <= max_digits]
+        if vocabulary != "digits":
+            fits = [nbest[0][0]]  # "yes" has no digit and is the answer
+        text = (fits[0] if fits else nbest[0][0]).strip()
         digits = words_to_digits(text).digits
+        if not fits:
+            (strict,) = decoder.generate(
+                [decoder.mel(audio)],
+                vocabulary="single_digits",
+                max_new_tokens=min(budget, max_digits) + 1,
+                hypotheses=1,
+            )
+            if words_to_digits(strict[0][0]).digits:
+                text = strict[0][0].strip()
+                digits = words_to_digits(text).digits
         if (
             vocabulary != "digits"
             or not self.settings.segment_fallback
@@ -569,11 +592,14 @@ class DigitRecognizer:
             hypotheses=3,
         )
         options = [[(_segment_digits(t), t.strip(), sc) for t, sc in nb] for nb in per_segment]
-        capacity = [max(1, math.ceil(4 * (b - a) / SAMPLE_RATE)) for a, b in spans]
+        capacity = [max(1, round(3 * (b - a) / SAMPLE_RATE)) for a, b in spans]  # 3 digits/s
         chosen = combine(digits, options, capacity)
         texts = [options[i][k][1] if k >= 0 else kept for i, (k, kept) in enumerate(chosen)]
         combined = " ".join(t for t in texts if t)
-        return combined, words_to_digits(combined).digits, len(spans), True
+        combined_digits = words_to_digits(combined).digits
+        if len(combined_digits) > max_digits >= len(digits):
+            return text, digits, len(spans), False  # the combination made it worse
+        return combined, combined_digits, len(spans), True
 
 
 def _release(done: asyncio.Future[Recognition], admission: asyncio.Semaphore) -> None:
