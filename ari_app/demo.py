@@ -33,7 +33,7 @@ DEMO_CALLS = (
         "wait:0.5^dtmf:123",
     ),
     (
-        "extension, spoken: 'double five, one two'",
+        "extension, spoken: 'four, seven, one, nine'",
         "num_digits=4,label=extension,prompt=sound:beep",
         "wait:0.5^play:{spoken}",
     ),
@@ -59,7 +59,7 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
         return 1
     spoken = await asyncio.to_thread(
         synthesize_caller_speech,
-        "double five, one two",
+        "four, seven, one, nine",
         sandbox.paths.chroot_dir,
         "demo-spoken-extension",
     )
@@ -75,15 +75,13 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
         async with running_service(settings, connect_timeout=15) as app:
             callers = SimulatedCallers(sandbox.ari_url, sandbox.ari_user, sandbox.ari_password)
             try:
-                calls = []
+                # One caller at a time, so the output reads like a call log.
                 for description, arguments, script in DEMO_CALLS:
                     print(f"calling: {description}\n  Stasis(digits,{arguments})", flush=True)
-                    script = script.format(spoken=spoken)
-                    calls.append(await callers.place_call(arguments, script))
-                for call in calls:
+                    call = await callers.place_call(arguments, script.format(spoken=spoken))
                     result = await callers.dialplan_result(call, within=60)
                     shown = result.status or "(caller hung up: no dialplan after Stasis)"
-                    print(f"dialplan saw DIGITS_STATUS={shown} DIGITS={result.digits or '-'}")
+                    print(f"  dialplan saw DIGITS_STATUS={shown} DIGITS={result.digits or '-'}")
                 await app.wait_idle(within=10)  # the hung-up caller's row may be on its way
             finally:
                 await callers.close()

@@ -22,7 +22,7 @@ from tests.test_agi_calls import ensure_agi_dialplan
 pytestmark = pytest.mark.asterisk
 
 PHRASES = {
-    "pin_double": "double five, one two",
+    "pin_double": "double five, one, two",
     "three_four": "three four",
     "yes": "yes",
     "seven_seven": "seven seven",
@@ -34,7 +34,9 @@ PHRASES = {
 def voices(asterisk: AsteriskSandbox) -> Iterator[dict[str, str]]:
     """Each phrase as a caller would send it: espeak-ng through an 8 kHz mu-law line."""
     yield {
-        name: synthesize_caller_speech(text, asterisk.paths.chroot_dir, f"test-{name}")
+        name: synthesize_caller_speech(
+            text, asterisk.paths.chroot_dir, f"test-{name}", words_per_minute=130
+        )
         for name, text in PHRASES.items()
     }
 
