@@ -84,7 +84,7 @@ class Settings:
             api_port=api_port,
             api_token=env.get("API_TOKEN", ""),
             agi_host=text("AGI_HOST", defaults.agi_host),
-            agi_port=_agi_port(env.get("AGI_PORT", "")),
+            agi_port=parse_agi_port(env.get("AGI_PORT", "")),
             speech=speech == "on",
             rtp_host=rtp_host,
             rtp_ports=_port_range(text("RTP_PORTS", "0")),
@@ -118,7 +118,7 @@ def _port_range(raw: str) -> tuple[int, int]:
     return first, last
 
 
-def _agi_port(raw: str) -> int | None:
+def parse_agi_port(raw: str) -> int | None:
     """``AGI_PORT``: empty or ``off`` → no FastAGI server; otherwise a TCP port (0: any free)."""
     text = raw.strip().lower()
     if text in ("", "off", "none"):

@@ -17,9 +17,10 @@ import pytest
 
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
 from ari_app.agi.port import agi_media, agi_quote
-from ari_app.agi.server import parse_agi_port, query_arguments
+from ari_app.agi.server import query_arguments
 from ari_app.agi.testing import DEAD, FakeAsterisk, MemoryStore, environment
 from ari_app.call import CallSession
+from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
 
 ESC = '"0123456789\\*#ABCD"'  # the escape keys, as a regular expression

@@ -4,8 +4,7 @@ from ari_app.agi.server import (
     AgiConfig,
     AgiServer,
     AgiSettings,
-    parse_agi_port,
     running_agi_server,
 )
 
-__all__ = ["AgiConfig", "AgiServer", "AgiSettings", "parse_agi_port", "running_agi_server"]
+__all__ = ["AgiConfig", "AgiServer", "AgiSettings", "running_agi_server"]

@@ -64,20 +64,6 @@ class AgiConfig:
     agi_port: int | None = DEFAULT_PORT
 
 
-def parse_agi_port(raw: str) -> int | None:
-    """``AGI_PORT``: empty or ``off`` → no server; otherwise a TCP port (``0``: any free one)."""
-    text = raw.strip().lower()
-    if text in ("", "off", "none"):
-        return None
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(f"AGI_PORT must be a TCP port or off, got {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"AGI_PORT must be between 0 and 65535, got {port}")
-    return port
-
-
 def query_arguments(query: str) -> list[str]:
     """``num_digits=4&prompt=sound:a%2Csound:b`` → ``["num_digits=4", "prompt=sound:a,sound:b"]``.
 
