@@ -115,6 +115,7 @@ def entry_rows(n: int, rng: random.Random) -> Iterator[tuple[Any, ...]]:
                 confirmed[i],
                 "bad argument" if status == "error" else None,
                 ended_at,
+                first_ms if has_digits else None,
             ),
             first_ms if has_digits else None,
         )
@@ -140,6 +141,7 @@ ENTRY_COLUMNS = [
     "confirmed",
     "error",
     "ended_at",
+    "first_digit_ms",
 ]
 EVENT_COLUMNS = ["entry_id", "seq", "kind", "attempt", "at_ms", "digit", "source"]
 

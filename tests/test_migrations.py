@@ -25,10 +25,15 @@ from tests import pg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
-HEAD = "0002"
+HEAD = "0003"
 
 EXPECTED_ENTRY_INDEXES = {
-    "ix_entries_started_at_status_label": ["started_at", "status", "label"],
+    "ix_entries_started_at_status_label_first_digit_ms": [
+        "started_at",
+        "status",
+        "label",
+        "first_digit_ms",
+    ],
     "ix_entries_channel_name": ["channel_name"],
     "ix_entries_transport_started_at": ["transport", "started_at"],
     "ix_entries_confirmed_started_at": ["confirmed", "started_at"],
@@ -258,3 +263,48 @@ def test_alembic_cli_with_ini(db_url: str, tmp_path: Path) -> None:
     assert describe_schema(db_url)["tables"] == {"alembic_version"}
     # The default URL (./ari-digits.sqlite3) was never used.
     assert not (tmp_path / "ari-digits.sqlite3").exists()
+
+
+def test_0003_backfills_first_digit_ms_from_events(db_url: str) -> None:
+    """Entries stored before 0003 get their time to first digit from their digit events."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0002")
+
+    async def run(statements: list[str]) -> list[Any]:
+        engine = create_async_engine(normalize_url(db_url))
+        try:
+            async with engine.begin() as conn:
+                result = None
+                for sql in statements:
+                    result = await conn.execute(text(sql))
+                assert result is not None
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    entry = (
+        "INSERT INTO entries (id, channel_id, channel_name, parameters, transport, started_at,"
+        " status) VALUES ({id}, 'c{id}', 'PJSIP/x', '{{}}', 'ari', '2026-11-25 10:00:00+00',"
+        " 'completed')"
+    )
+    event = (
+        "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms)"
+        " VALUES ({id}, {seq}, '{kind}', 1, {at})"
+    )
+    asyncio.run(
+        run(
+            [
+                entry.format(id=1),
+                event.format(id=1, seq=0, kind="prompt", at=0),
+                event.format(id=1, seq=1, kind="stop_key", at=300),
+                event.format(id=1, seq=2, kind="digit", at=1700),
+                event.format(id=1, seq=3, kind="digit", at=900),
+                entry.format(id=2),
+                event.format(id=2, seq=0, kind="prompt", at=0),
+            ]
+        )
+    )
+    command.upgrade(cfg, "head")
+    rows = asyncio.run(run(["SELECT id, first_digit_ms FROM entries ORDER BY id"]))
+    assert [tuple(row) for row in rows] == [(1, 900), (2, None)]
+    command.downgrade(cfg, "base")

@@ -71,6 +71,9 @@ class Entry(Base):
     confirmed: Mapped[str] = mapped_column(String(16), server_default="not_asked")
     error: Mapped[str | None] = mapped_column(Text)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # From the entry's start to its first digit (key or voice); None without digits.
+    # Copied from the events when the entry finishes, so aggregates need no join (0003).
+    first_digit_ms: Mapped[int | None] = mapped_column(BigInteger)
 
     events: Mapped[list[EntryEvent]] = relationship(
         back_populates="entry",
@@ -80,9 +83,16 @@ class Entry(Base):
     )
 
     __table_args__ = (
-        # (started_at, status, label): time ranges newest first, and per-status/label counts
-        # over a range from the index alone (migration 0002).
-        Index("ix_entries_started_at_status_label", "started_at", "status", "label"),
+        # (started_at, status, label, first_digit_ms): time ranges newest first, and the
+        # aggregates over a range (counts by status and label, median time to first digit)
+        # from the index alone (migrations 0002, 0003).
+        Index(
+            "ix_entries_started_at_status_label_first_digit_ms",
+            "started_at",
+            "status",
+            "label",
+            "first_digit_ms",
+        ),
         Index("ix_entries_channel_name", "channel_name"),
         Index("ix_entries_transport_started_at", "transport", "started_at"),
         Index("ix_entries_confirmed_started_at", "confirmed", "started_at"),

@@ -28,7 +28,7 @@ from typing import Final
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 
-from .models import entries_table, entry_events_table
+from .models import entries_table
 from .records import (
     CONFIRMED_VALUES,
     ENTRY_STATUSES,
@@ -62,7 +62,6 @@ MAX_ENTRY_ID: Final = 2**63 - 1
 MAX_TEXT_FILTER: Final = 255
 
 _E = entries_table.c
-_V = entry_events_table.c
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR_VERSION: Final = "1"
 _CURSOR_SHAPE: Final = re.compile(r"1:(-?\d{1,19}):(\d{1,19})")
@@ -339,27 +338,25 @@ async def entry_stats(
         .where(*in_range)
         .group_by(_E.status, _E.label)
     )
-    first_digits = (
-        select(func.min(_V.at_ms).label("first_ms"))
-        .select_from(entries_table.join(entry_events_table, _V.entry_id == _E.id))
-        .where(*in_range, _V.kind == "digit")
-        .group_by(_V.entry_id)
-        .subquery("first_digits")
-    )
+    first_ms = _E.first_digit_ms
+    with_digits = [*in_range, first_ms.is_not(None)]
     is_postgres = store.engine.dialect.name == "postgresql"
     if is_postgres:
-        median = select(
-            func.count(),
-            func.percentile_cont(0.5).within_group(first_digits.c.first_ms.asc()),
+        median = select(func.count(), func.percentile_cont(0.5).within_group(first_ms.asc())).where(
+            *with_digits
         )
     else:
         # Portable median: rank the values; the middle one (odd n) or the two middle ones
         # (even n) are the ranks r with n <= 2r <= n + 2.
-        ranked = select(
-            first_digits.c.first_ms,
-            func.row_number().over(order_by=first_digits.c.first_ms).label("r"),
-            func.count().over().label("n"),
-        ).subquery("ranked")
+        ranked = (
+            select(
+                first_ms.label("first_ms"),
+                func.row_number().over(order_by=first_ms).label("r"),
+                func.count().over().label("n"),
+            )
+            .where(*with_digits)
+            .subquery("ranked")
+        )
         median = select(
             func.max(ranked.c.n),
             func.avg(ranked.c.first_ms),
@@ -369,7 +366,7 @@ async def entry_stats(
             # Both statements see the same snapshot.
             await conn.execution_options(isolation_level="REPEATABLE READ")
         pairs = (await conn.execute(counts)).all()
-        with_digits, median_ms = (await conn.execute(median)).one()
+        digit_entries, median_ms = (await conn.execute(median)).one()
 
     # Every known status, zeros included (and any status a newer version wrote).
     by_status = dict.fromkeys(sorted(ENTRY_STATUSES), 0)
@@ -389,6 +386,6 @@ async def entry_stats(
         finished=finished,
         completed=completed,
         completion_rate=completed / finished if finished else None,
-        entries_with_digits=int(with_digits or 0),
+        entries_with_digits=int(digit_entries or 0),
         median_first_digit_ms=None if median_ms is None else float(median_ms),
     )

@@ -242,6 +242,7 @@ _FINISH_STATEMENT: Final = (
         confirmed=bindparam("b_confirmed"),
         error=bindparam("b_error"),
         ended_at=bindparam("b_ended_at"),
+        first_digit_ms=bindparam("b_first_digit_ms"),
     )
 )
 
@@ -257,6 +258,9 @@ def _outcome_row(entry_id: int, outcome: EntryOutcome) -> dict[str, object]:
         "b_confirmed": outcome.confirmed,
         "b_error": outcome.error,
         "b_ended_at": _aware_utc("ended_at", outcome.ended_at),
+        "b_first_digit_ms": min(
+            (event.at_ms for event in outcome.events if event.kind == "digit"), default=None
+        ),
     }
 
 
