@@ -11,8 +11,9 @@ from ari_app.sandbox import AsteriskSandbox, SandboxError
 from ari_app.server import running_service
 from ari_app.settings import Settings
 from ari_app.simulate import SimulatedCallers
+from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.repository import Store
-from tests.pg import temporary_postgres_database
+from tests.pg import temporary_postgres_database, temporary_postgres_database_sync
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,30 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     else:
         async with temporary_postgres_database() as url:
             yield url
+
+
+@pytest.fixture(scope="module")
+def migrated_pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated PostgreSQL database shared by one test module; its tests clear it first."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    with temporary_postgres_database_sync(f"ari_digits_{module}") as url:
+        upgrade_to_head(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database at head: a fresh SQLite file, or the module's PostgreSQL one.
+
+    Synchronous on purpose: migrations and database creation run their own event loop.
+    """
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'digits.sqlite3'}"
+        upgrade_to_head(url)
+        return url
+    url = request.getfixturevalue("migrated_pg_url")
+    assert isinstance(url, str)
+    return url
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +14,13 @@ import pytest
 
 from ari_app.cli_results import add_results_commands, run_results_command
 from ari_app.store import Store
-from ari_app.store.migrate import upgrade_to_head
-from tests import pg
 from tests.entries_seed import SPECS, channel_name, clear, newest_first, seed
 from tests.test_http_api import check_schema
 
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with pg.temporary_postgres_database_sync("ari_digits_cli") as url:
-        upgrade_to_head(url)
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite3'}"
-        upgrade_to_head(url)
-        return url
-    url = request.getfixturevalue("pg_url")
-    assert isinstance(url, str)
-    return url
-
 
 @pytest.fixture
-async def ids(db_url: str) -> AsyncIterator[list[int]]:
-    async with Store.from_url(db_url) as store:
+async def ids(migrated_db_url: str) -> AsyncIterator[list[int]]:
+    async with Store.from_url(migrated_db_url) as store:
         await clear(store)
         yield await seed(store)
 
@@ -64,8 +42,8 @@ def listed_ids(table: str) -> list[int]:
     return [int(line.split()[0]) for line in table.splitlines()[1:] if line[:1].isdigit()]
 
 
-async def test_list_table(db_url: str, ids: list[int]) -> None:
-    code, out, err = await run(db_url, "list", "--label", "phone")
+async def test_list_table(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, err = await run(migrated_db_url, "list", "--label", "phone")
     assert (code, err) == (0, "")
     w = max(len("id"), *(len(str(i)) for i in ids))  # PostgreSQL ids keep growing
     assert out == (
@@ -76,19 +54,21 @@ async def test_list_table(db_url: str, ids: list[int]) -> None:
     )
 
 
-async def test_list_everything_newest_first_then_pages(db_url: str, ids: list[int]) -> None:
-    code, out, _ = await run(db_url, "list")
+async def test_list_everything_newest_first_then_pages(
+    migrated_db_url: str, ids: list[int]
+) -> None:
+    code, out, _ = await run(migrated_db_url, "list")
     assert code == 0
     assert listed_ids(out) == newest_first(ids)
     assert "**21" in out and "4321" not in out  # the sensitive PIN
     assert "(more" not in out
 
-    code, out, _ = await run(db_url, "list", "--limit", "3")
+    code, out, _ = await run(migrated_db_url, "list", "--limit", "3")
     assert listed_ids(out) == newest_first(ids)[:3]
     *_, more = out.strip().splitlines()
     assert more.startswith("(more: add --cursor ")
     cursor = more.removeprefix("(more: add --cursor ").rstrip(")")
-    code, out, _ = await run(db_url, "list", "--limit", "3", "--cursor", cursor)
+    code, out, _ = await run(migrated_db_url, "list", "--limit", "3", "--cursor", cursor)
     assert code == 0
     assert listed_ids(out) == newest_first(ids)[3:6]
 
@@ -109,9 +89,9 @@ async def test_list_everything_newest_first_then_pages(db_url: str, ids: list[in
     ],
 )
 async def test_list_json_with_filters(
-    db_url: str, ids: list[int], argv: list[str], keep: Any
+    migrated_db_url: str, ids: list[int], argv: list[str], keep: Any
 ) -> None:
-    code, out, _ = await run(db_url, "list", "--json", *argv)
+    code, out, _ = await run(migrated_db_url, "list", "--json", *argv)
     assert code == 0
     document = json.loads(out)
     check_schema("EntryPage", document)  # the API's JSON
@@ -121,14 +101,14 @@ async def test_list_json_with_filters(
     )
 
 
-async def test_list_empty(db_url: str, ids: list[int]) -> None:
-    code, out, _ = await run(db_url, "list", "--label", "nothing")
+async def test_list_empty(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, _ = await run(migrated_db_url, "list", "--label", "nothing")
     assert code == 0
     assert out.splitlines()[-1] == "(no entries)"
 
 
-async def test_show(db_url: str, ids: list[int]) -> None:
-    code, out, err = await run(db_url, "show", str(ids[0]))
+async def test_show(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, err = await run(migrated_db_url, "show", str(ids[0]))
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"id           {ids[0]}"
@@ -152,27 +132,27 @@ async def test_show(db_url: str, ids: list[int]) -> None:
     assert events[2].split() == ["1", "1200", "1", "digit", "4", "key", "90", "-"]
     assert len(events) == 1 + 12
 
-    code, out, _ = await run(db_url, "show", str(ids[2]), "--json")
+    code, out, _ = await run(migrated_db_url, "show", str(ids[2]), "--json")
     assert code == 0
     body = json.loads(out)
     check_schema("EntryDetail", body)
     assert body["digits"] == "**21"
     assert "input_hash" not in out and "4321" not in out
 
-    code, out, _ = await run(db_url, "show", str(ids[4]))  # in progress: nothing yet
+    code, out, _ = await run(migrated_db_url, "show", str(ids[4]))  # in progress: nothing yet
     assert code == 0
     assert "ended        -" in out
     assert out.splitlines()[-2:] == ["events:", "(no events)"]
 
 
-async def test_show_missing(db_url: str, ids: list[int]) -> None:
-    code, out, err = await run(db_url, "show", str(max(ids) + 100))
+async def test_show_missing(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, err = await run(migrated_db_url, "show", str(max(ids) + 100))
     assert (code, out) == (1, "")
     assert err == f"ari-digits: no entry with id {max(ids) + 100}\n"
 
 
-async def test_stats(db_url: str, ids: list[int]) -> None:
-    code, out, _ = await run(db_url, "stats")
+async def test_stats(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, _ = await run(migrated_db_url, "stats")
     assert code == 0
     assert out.splitlines()[:6] == [
         "all entries (UTC)",
@@ -186,7 +166,13 @@ async def test_stats(db_url: str, ids: list[int]) -> None:
     assert "phone    3" in out and "-        1" in out
 
     code, out, _ = await run(
-        db_url, "stats", "--from", "2024-05-17T12:01:00Z", "--to", "2024-05-17T12:06:00Z", "--json"
+        migrated_db_url,
+        "stats",
+        "--from",
+        "2024-05-17T12:01:00Z",
+        "--to",
+        "2024-05-17T12:06:00Z",
+        "--json",
     )
     assert code == 0
     body = json.loads(out)
@@ -235,14 +221,14 @@ def test_bad_arguments_are_usage_errors(
     ],
 )
 async def test_bad_values_exit_2(
-    db_url: str, ids: list[int], argv: list[str], message: str
+    migrated_db_url: str, ids: list[int], argv: list[str], message: str
 ) -> None:
-    code, out, err = await run(db_url, *argv)
+    code, out, err = await run(migrated_db_url, *argv)
     assert (code, out, err) == (2, "", message)
 
 
 async def test_database_url_option_and_missing_database(
-    tmp_path: Path, db_url: str, ids: list[int]
+    tmp_path: Path, migrated_db_url: str, ids: list[int]
 ) -> None:
     missing = tmp_path / "nowhere.sqlite3"
     code, out, err = await run(f"sqlite:///{missing}", "list")
@@ -250,7 +236,9 @@ async def test_database_url_option_and_missing_database(
     assert err.startswith(f"ari-digits: no database at {missing}")
     assert not missing.exists()  # not created by looking
     # --database-url wins over the configured URL.
-    code, out, _ = await run(f"sqlite:///{missing}", "list", "--json", "--database-url", db_url)
+    code, out, _ = await run(
+        f"sqlite:///{missing}", "list", "--json", "--database-url", migrated_db_url
+    )
     assert code == 0 and len(json.loads(out)["entries"]) == len(ids)
 
 
@@ -263,8 +251,8 @@ async def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "no such table" in err
 
 
-async def test_postgres_password_is_not_printed(pg_url: str) -> None:
-    url = pg_url.replace("postgres@", "postgres:hunter2@").replace(
+async def test_postgres_password_is_not_printed(migrated_pg_url: str) -> None:
+    url = migrated_pg_url.replace("postgres@", "postgres:hunter2@").replace(
         "/ari_digits_cli", "/ari_digits_cli_missing"
     )
     code, out, err = await run(url, "list")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import base64
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from sqlalchemy import event, insert
 
 from ari_app.store import Store
-from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.models import entries_table, entry_events_table
 from ari_app.store.queries import (
     MAX_ENTRY_ID,
@@ -29,7 +27,6 @@ from ari_app.store.queries import (
     list_entries,
     parse_timestamp,
 )
-from tests import pg
 from tests.entries_seed import (
     SPECS,
     T0,
@@ -43,30 +40,10 @@ from tests.entries_seed import (
     store_spec,
 )
 
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with pg.temporary_postgres_database_sync("ari_digits_queries") as url:
-        upgrade_to_head(url)
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'queries.sqlite3'}"
-        upgrade_to_head(url)
-        return url
-    url = request.getfixturevalue("pg_url")
-    assert isinstance(url, str)
-    return url
-
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store.from_url(db_url)
+async def store(migrated_db_url: str) -> AsyncIterator[Store]:
+    s = Store.from_url(migrated_db_url)
     try:
         await clear(s)  # the PostgreSQL database is shared by the module
         yield s
@@ -454,11 +431,11 @@ async def bulk_seed(store: Store, n: int) -> None:
         await conn.exec_driver_sql("VACUUM ANALYZE entry_events")
 
 
-async def test_postgres_plans_use_indexes(pg_url: str) -> None:
+async def test_postgres_plans_use_indexes(migrated_pg_url: str) -> None:
     """On 20,000 analysed entries, each list query reads the index made for its filter and
     the status/label counts read only an index, never the entries table; the plans are
     printed (pytest -s shows them)."""
-    async with Store.from_url(pg_url) as store:
+    async with Store.from_url(migrated_pg_url) as store:
         await clear(store)
         await bulk_seed(store, 20_000)
         sent: list[tuple[str, Any]] = []

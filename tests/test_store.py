@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,39 +21,18 @@ from ari_app.store import (
     StoredEvent,
     normalize_url,
 )
-from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.models import entries_table, entry_events_table
 from tests import pg
 
-BACKENDS = ["sqlite", "postgresql"]
 T0 = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with pg.temporary_postgres_database_sync("ari_digits_store") as url:
-        upgrade_to_head(url)
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    # Synchronous on purpose: migrations and database creation run their own event loop.
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
-        upgrade_to_head(url)
-        return url
-    url = request.getfixturevalue("pg_url")
-    assert isinstance(url, str)
-    return url
-
-
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store.from_url(db_url)
+async def store(migrated_db_url: str) -> AsyncIterator[Store]:
+    s = Store.from_url(migrated_db_url)
     try:
         # The PostgreSQL database is shared by the module: start each test empty.
         async with s.engine.begin() as conn:
@@ -364,8 +343,8 @@ async def test_ping(store: Store) -> None:
     await store.ping()
 
 
-async def test_store_as_async_context_manager(db_url: str) -> None:
-    async with Store.from_url(db_url) as s:
+async def test_store_as_async_context_manager(migrated_db_url: str) -> None:
+    async with Store.from_url(migrated_db_url) as s:
         await s.ping()
 
 
@@ -380,8 +359,8 @@ async def test_sqlite_connection_pragmas_and_plain_url(tmp_path: Path) -> None:
             assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one() >= 1000
 
 
-async def test_plain_postgres_url_uses_asyncpg(pg_url: str) -> None:
-    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+async def test_plain_postgres_url_uses_asyncpg(migrated_pg_url: str) -> None:
+    plain = migrated_pg_url.replace("postgresql+asyncpg://", "postgresql://")
     assert plain.startswith("postgresql://")
     async with Store.from_url(plain) as s:
         assert s.engine.dialect.driver == "asyncpg"
