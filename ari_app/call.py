@@ -40,12 +40,16 @@ from ari_app.engine import (
     Timer,
     TimerFired,
 )
+from ari_app.logcontext import CallLogContext
+from ari_app.metrics import Metrics, discarded_metrics
 from ari_app.params import Params
 from ari_app.store.records import EntryOutcome, EntryStart, StoredEvent
 
 log = logging.getLogger(__name__)
 
 VISIBLE_TAIL = 2
+# Events that come from the channel through the adapter; their handling latency is measured.
+CHANNEL_EVENTS = (Digit, PromptFinished, Hangup)
 
 
 class ChannelGone(Exception):
@@ -119,8 +123,10 @@ class CallSession:
         *,
         hash_key: str,
         clock: Callable[[], float] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.info = info
+        self._metrics = metrics if metrics is not None else discarded_metrics()
         self._port = port
         self._store = store
         self._hash_key = hash_key
@@ -135,6 +141,13 @@ class CallSession:
         self._attachments: list[Attachment] = []
         self.entry_id: int | None = None
         self.result: Result | None = None
+        params = self._collector.params
+        # The adapter enters it in the call's task (ari_app.logcontext).
+        self.log_context = CallLogContext(
+            channel_id=info.channel_id,
+            transport=info.transport,
+            label=params.label if params is not None else None,
+        )
 
     @property
     def params(self) -> Params | None:
@@ -143,6 +156,10 @@ class CallSession:
     @property
     def expects_answer(self) -> bool:
         return self._collector.expects_answer
+
+    @property
+    def digits_missing(self) -> int | None:
+        return self._collector.digits_missing
 
     def next_timer_at(self) -> float | None:
         """Loop time of the earliest pending timer (adapters that poll size their waits by it)."""
@@ -190,6 +207,8 @@ class CallSession:
 
     async def run(self) -> Result:
         started_at = datetime.now(UTC)
+        started = self._loop.time()
+        self._metrics.entry_started(self.info.transport)
         row = asyncio.create_task(self._start_row(started_at))
         try:
             if self.info.needs_answer and self._collector.params is not None:
@@ -202,9 +221,11 @@ class CallSession:
             for attachment in reversed(self._attachments):
                 await attachment.close()
         self.result = result
-        self._log_result(result)
+        self._metrics.entry_finished(self.info.transport, result, self._loop.time() - started)
+        # The row first, so that the result's log line carries the entry id (logcontext).
         entry_id = await row
         self.entry_id = entry_id
+        self._log_result(result)
         await self._finish_row(entry_id, result)
         await self._return_to_dialplan(result)
         return result
@@ -212,8 +233,12 @@ class CallSession:
     async def _collect(self) -> Result:
         pending: list[Event] = [Start(self._clock())]
         while True:
+            from_inbox = not pending
             event = pending.pop(0) if pending else await self._inbox.get()
-            for action in self._collector.handle(event):
+            actions = self._collector.handle(event)
+            if from_inbox and isinstance(event, CHANNEL_EVENTS):
+                self._metrics.event_handled(self.info.transport, self._clock() - event.at)
+            for action in actions:
                 follow_up = await self._execute(action)
                 if isinstance(action, Finish):
                     return action.result
@@ -285,10 +310,12 @@ class CallSession:
             sensitive=self.sensitive,
         )
         try:
-            return await self._store.start_entry(start)
+            entry_id = await self._store.start_entry(start)
         except Exception:
             log.exception("channel %s: could not store the entry's start", self.info.channel_id)
             return None
+        self.log_context.entry_id = entry_id
+        return entry_id
 
     async def _finish_row(self, entry_id: int | None, result: Result) -> None:
         if entry_id is None:
@@ -359,9 +386,7 @@ class CallSession:
         except ChannelGone:
             log.info("channel %s: hung up before returning to the dialplan", self.info.channel_id)
         except TransportError as exc:
-            log.warning(
-                "channel %s: could not return to the dialplan: %s", self.info.channel_id, exc
-            )
+            log.error("channel %s: could not return to the dialplan: %s", self.info.channel_id, exc)
 
     def _raw_arguments(self) -> object:
         if isinstance(self._arguments, Mapping):

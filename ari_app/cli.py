@@ -24,6 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--database-url", help="default: SQLite file var/demo.sqlite3")
     demo.add_argument("--keep-asterisk", action="store_true", help="leave the sandbox running")
     commands.add_parser("sandbox", help="the Asterisk sandbox (see: ari-digits sandbox --help)")
+    doctor = commands.add_parser(
+        "doctor", help="check Asterisk, the RTP path and the database; exit 1 on any FAIL"
+    )
+    doctor.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="MEDIA",
+        help="a media list the dialplan passes (prompt=...): its sound files are checked too",
+    )
     add_results_commands(commands)
 
     arguments, rest = parser.parse_known_args(argv)
@@ -61,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(
             run_demo(settings, database_url=database_url, keep=arguments.keep_asterisk)
         )
+    if arguments.command == "doctor":
+        from ari_app.doctor import doctor as run_doctor
+
+        return asyncio.run(run_doctor(settings, arguments.prompt))
     if arguments.command == "results":
         return asyncio.run(run_results_command(arguments, settings.database_url))
     parser.error(f"unknown command {arguments.command}")

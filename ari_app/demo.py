@@ -70,6 +70,7 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
         ari_password=sandbox.ari_password,
         database_url=database_url,
         hash_key=settings.hash_key or "demo-only-hash-key",
+        api_port=0,  # nobody queries the demo's HTTP server: never collide with a real serve
     )
     try:
         async with running_service(settings, connect_timeout=15) as app:

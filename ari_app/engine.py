@@ -264,6 +264,14 @@ class DigitCollector:
         return self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER)
 
     @property
+    def digits_missing(self) -> int | None:
+        """Digits the attempt still needs when the count is exact (``num_digits``), else None."""
+        params = self.params
+        if params is None or params.min_digits != params.max_digits:
+            return None
+        return max(0, params.max_digits - len(self._entered))
+
+    @property
     def done(self) -> bool:
         return self._phase is Phase.DONE
 

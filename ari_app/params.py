@@ -29,11 +29,21 @@ DEFAULT_CONFIRM_PROMPT = (
     "digits:1",
 )
 
+# Text spoken by the TTS engine (ari_app/tts.py): "tts:Please key your number".
+TEXT_SCHEME = "tts:"
+MAX_TEXT_LENGTH = 500
+
 # Media lists may contain commas, which Stasis() splits into separate arguments; an argument
 # that does not start with "name=" continues the previous media list.
 _MEDIA_PARAMS = frozenset({"prompt", "invalid_prompt", "confirm_prompt"})
 _ARGUMENT = re.compile(r"^([a-z_]+)=(.*)$", re.DOTALL)
 _MEDIA_URI = re.compile(r"^(sound|digits|number|characters|recording|tone):\S+$|^\{digits\}$")
+# Where a media list's next item starts; any other comma-separated piece after a tts: item is
+# more of its text (a prompt sentence may contain commas).
+_ITEM_START = re.compile(r"^(sound|digits|number|characters|recording|tone|tts):|^\{digits\}$")
+# A comma with no space after it, except inside a number ("1,000"): Stasis() drops the space
+# after each comma, and without one espeak-ng reads "Hello,please" with no pause.
+_TIGHT_COMMA = re.compile(r"(?<!\d),(?=\S)|,(?=[^\d\s])")
 _LABEL = re.compile(r"^[\w.\-:]{1,64}$")
 _TRUE = frozenset({"yes", "true", "1", "on", "y"})
 _FALSE = frozenset({"no", "false", "0", "off", "n"})
@@ -262,12 +272,43 @@ def _input_modes(raw: str) -> frozenset[str]:
 def _media(values: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if name not in values:
         return default
-    items = tuple(item.strip() for item in values[name].split(",") if item.strip())
+    return parse_media(values[name], name)
+
+
+def parse_media(raw: str, name: str = "prompt") -> tuple[str, ...]:
+    """A comma-separated media list as the entry plays it (``tts:`` text may hold commas);
+    raises :class:`ParamError` naming parameter ``name``."""
+    items: list[str] = []
+    for piece in raw.split(","):
+        if items and items[-1].startswith(TEXT_SCHEME) and not _ITEM_START.match(piece.strip()):
+            items[-1] += "," + piece  # as written: "1,000" stays a number
+        elif piece.strip():
+            items.append(piece.strip())
     if not items:
         raise ParamError(f"{name} is empty")
-    for item in items:
-        if not _MEDIA_URI.match(item):
+    return tuple(_media_item(name, item) for item in items)
+
+
+def _media_item(name: str, item: str) -> str:
+    """One media list item, checked; text comes back with a space after each comma (but in
+    numbers) and its whitespace collapsed."""
+    if item.startswith(TEXT_SCHEME):
+        text = " ".join(_TIGHT_COMMA.sub(", ", item.removeprefix(TEXT_SCHEME)).split())
+        if not text:
+            raise ParamError(f"{name} has a tts: item without text")
+        if len(text) > MAX_TEXT_LENGTH:
+            raise ParamError(f"{name} text is longer than {MAX_TEXT_LENGTH} characters")
+        if any(ord(c) < 32 or c == "\x7f" for c in text):
+            raise ParamError(f"{name} text contains a control character")
+        if DIGITS_PLACEHOLDER in text:
             raise ParamError(
-                f"{name} item {_shorten(item)!r} is not a media URI such as sound:beep or digits:12"
+                f"{name}: {DIGITS_PLACEHOLDER} must be an item of its own, "
+                f"as in tts:You entered,{DIGITS_PLACEHOLDER},tts:Press 1 if this is right"
             )
-    return items
+        return TEXT_SCHEME + text
+    if not _MEDIA_URI.match(item):
+        raise ParamError(
+            f"{name} item {_shorten(item)!r} is not a media URI such as sound:beep, digits:12 "
+            "or tts:text"
+        )
+    return item

@@ -13,11 +13,15 @@ from datetime import UTC, datetime
 from ari_app.agi import running_agi_server
 from ari_app.ari.app import AriApplication, SpeechResources
 from ari_app.http import running_http_api
+from ari_app.http.media import media_routes
+from ari_app.logcontext import CONTEXT_FIELDS, CallContextFilter
+from ari_app.metrics import Metrics
 from ari_app.settings import Settings
 from ari_app.speech.recognizer import DigitRecognizer, RecognizerSettings
 from ari_app.speech.rtp import RtpReceiver
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.repository import Store
+from ari_app.tts import media_base_url, text_prompts
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,8 @@ async def running_service(
     With ``connect_timeout`` the context waits until ARI is connected (tests, the demo).
     """
     await upgrade_to_head_async(settings.database_url)
-    store = Store.from_url(settings.database_url)
+    metrics = Metrics()
+    store = Store.from_url(settings.database_url, metrics=metrics)
     speech: SpeechResources | None = None
     try:
         stale = await store.mark_stale_in_progress(before=datetime.now(UTC))
@@ -41,41 +46,62 @@ async def running_service(
             )
         if settings.speech:
             speech = await open_speech(settings)
-        app = AriApplication(settings, store, speech=speech)
-        runner = asyncio.create_task(app.run(), name="ari-application")
-        try:
-            async with contextlib.AsyncExitStack() as services:
-                if settings.api_token:
-                    api = await services.enter_async_context(
-                        running_http_api(
-                            store,
-                            host=settings.api_host,
-                            port=settings.api_port,
-                            token=settings.api_token,
-                        )
-                    )
-                    log.info("operators' API on %s", api.url)
-                else:
-                    log.info("operators' API is off (set API_TOKEN to start it)")
-                await services.enter_async_context(
-                    running_agi_server(
-                        settings, store, hash_key=settings.hash_key, on_session=app.tap_speech
-                    )
+            recognizer = speech.recognizer
+            metrics.watch_recognizer(lambda: recognizer.stats)
+        prompts = text_prompts(settings)
+        app = AriApplication(settings, store, speech=speech, metrics=metrics, prompts=prompts)
+        async with contextlib.AsyncExitStack() as services:
+            services.push_async_callback(prompts.close)  # runs last: renders outlive calls
+            http = await services.enter_async_context(
+                running_http_api(
+                    store,
+                    host=settings.api_host,
+                    port=settings.api_port,
+                    token=settings.api_token,
+                    metrics=metrics,
+                    ari_connected=app.connected.is_set,
+                    open_routes=media_routes(prompts.cache.directory),
                 )
-                if connect_timeout is not None:
-                    async with asyncio.timeout(connect_timeout):
-                        await app.connected.wait()
-                yield app
-        finally:
-            await app.shutdown()
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            )
+            prompts.media_base_url = media_base_url(settings, listening_port=http.port)
+            if settings.api_token:
+                log.info("HTTP on %s: operators' API, /metrics, /healthz, /readyz", http.url)
+            else:
+                log.warning(
+                    "HTTP on %s: /metrics, /healthz, /readyz; the operators' API (/api) is "
+                    "disabled until API_TOKEN is set",
+                    http.url,
+                )
+            await services.enter_async_context(
+                running_agi_server(
+                    settings,
+                    store,
+                    hash_key=settings.hash_key,
+                    on_session=app.tap_speech,
+                    metrics=metrics,
+                    prompts=prompts,
+                )
+            )
+            # ARI last: the first call must find the media URL (text prompts) already known.
+            # On exit it stops first, so its calls' rows are stored before anything closes.
+            runner = asyncio.create_task(app.run(), name="ari-application")
+            services.push_async_callback(_stop_application, app, runner)
+            if connect_timeout is not None:
+                async with asyncio.timeout(connect_timeout):
+                    await app.connected.wait()
+            yield app
     finally:
         if speech is not None:
             speech.receiver.close()
             await speech.recognizer.close()
         await store.close()
+
+
+async def _stop_application(app: AriApplication, runner: asyncio.Task[None]) -> None:
+    await app.shutdown()
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
 
 
 async def open_speech(settings: Settings) -> SpeechResources:
@@ -130,24 +156,36 @@ def _safe_url(url: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a call's lines carry its context (``entry_id``,
+    ``channel_id``, ``transport``, ``label``: see :mod:`ari_app.logcontext`)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        payload = {
+        payload: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for field in CONTEXT_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                payload[field] = value
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(call_prefix)s%(message)s"
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
+    # On the handler, not a logger: a logger's filters miss records propagated from below.
+    handler.addFilter(CallContextFilter())
     if settings.log_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

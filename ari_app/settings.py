@@ -41,6 +41,13 @@ class Settings:
     # FastAGI: AGI(agi://HOST:PORT/collect?...). None: no FastAGI server.
     agi_host: str = "127.0.0.1"
     agi_port: int | None = None
+    # Text prompts (prompt=tts:...): eSpeak NG voice and words per minute, the rendered audio's
+    # directory ("" = $XDG_CACHE_HOME/ari-digits/prompts) and the base URL Asterisk fetches it
+    # from ("" = http://API_HOST:API_PORT).
+    tts_voice: str = "en-us"
+    tts_rate: int = 160
+    tts_cache_dir: str = ""
+    media_base_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,7 +86,23 @@ class Settings:
             raise SettingsError("API_PORT must be a TCP port") from None
         if not 0 <= api_port <= 65535:
             raise SettingsError(f"API_PORT must be between 0 and 65535, got {api_port}")
+        try:
+            tts_rate = int(text("TTS_RATE", str(defaults.tts_rate)))
+        except ValueError:
+            raise SettingsError("TTS_RATE must be a whole number of words per minute") from None
+        if not 80 <= tts_rate <= 450:
+            raise SettingsError(f"TTS_RATE must be between 80 and 450, got {tts_rate}")
+        media_url = text("MEDIA_BASE_URL", "")
+        if media_url and not media_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"MEDIA_BASE_URL must start with http:// or https://, got {media_url!r}"
+            )
         return cls(
+            tts_voice=text("TTS_VOICE", defaults.tts_voice),
+            tts_rate=tts_rate,
+            # "~/prompts" from a systemd unit or env file: no shell expanded it.
+            tts_cache_dir=os.path.expanduser(text("TTS_CACHE_DIR", "")),
+            media_base_url=media_url,
             api_host=text("API_HOST", defaults.api_host),
             api_port=api_port,
             api_token=env.get("API_TOKEN", ""),

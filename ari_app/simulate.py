@@ -3,8 +3,9 @@
 A simulated call is a Local channel: its ``;1`` half runs ``digits-test,collect`` (Stasis with
 ``DIGITS_ARGS``, then copies the ``DIGITS*`` channel variables into the global ``RESULT_<id>``),
 its ``;2`` half runs ``caller-sim,sim``, which plays ``SIM_SCRIPT``: steps separated by ``^``,
-each ``wait:SECONDS``, ``dtmf:KEYS``, ``play:SOUND`` or ``hangup``. Used by the demo, the tests
-and the benchmarks.
+each ``wait:SECONDS``, ``dtmf:KEYS``, ``play:SOUND``, ``record:NAME:SECONDS`` (what the caller
+hears, read back with :func:`caller_recording`) or ``hangup``. Used by the demo, the tests and
+the benchmarks.
 """
 
 from __future__ import annotations
@@ -161,6 +162,12 @@ class SimulatedCallers:
 
 
 CALLER_SOUNDS = "var/lib/asterisk/sounds/ari-digits-callers"
+CALLER_RECORDINGS = "var/spool/asterisk/ari-digits-sim"  # extensions.conf's record: step
+
+
+def caller_recording(chroot: Path, name: str) -> Path:
+    """Where ``record:NAME:SECONDS`` leaves what the simulated caller heard (8 kHz WAV)."""
+    return chroot / CALLER_RECORDINGS / f"{name}.wav"
 
 
 def synthesize_caller_speech(

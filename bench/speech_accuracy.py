@@ -9,6 +9,13 @@
    8 kHz): every single-digit file, and ~80 strings of 4-10 digits, each one speaker's recordings
    joined by 100-400 ms silences (fixed seed).
 
+Each clip takes the call's path: half a second of line audio before it and a second after (the
+same noise, or digital silence for the human files), 20 ms frames through the voice activity
+segmenter (``ari_app.speech.vad``), each utterance to the recogniser, the digits joined. The entry
+asks for exactly the clip's digit count (``num_digits``), so the recogniser gets the count still
+missing, as a call gives it; ``--no-count-hint`` leaves it out (``max_digits`` only), ``--direct``
+decodes the clip as it is, without the segmenter.
+
 Exact = the whole string right; digit accuracy = 1 - edit distance / length, over all digits.
 
     .venv/bin/python bench/speech_accuracy.py                       # synthetic only
@@ -41,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ari_app.speech.recognizer import (
     SAMPLE_RATE,
     DigitRecognizer,
+    Recognition,
     RecognizerSettings,
 )
+from ari_app.speech.vad import Utterance, UtteranceSegmenter
 
 VOICES = ("en-us", "en", "en+f3", "en+m3")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -122,10 +131,12 @@ def noise(kind: str, length: int, rng: np.random.Generator) -> npt.NDArray[np.fl
 def telephone(
     wav_22k: Path, condition: str, work: Path, rng: np.random.Generator
 ) -> npt.NDArray[np.float32]:
-    """An espeak-ng clip through a telephone channel, back at 16 kHz float."""
+    """An espeak-ng clip through a telephone channel, back at 16 kHz float, with the line's
+    audio (its noise) for 0.5 s before and 1 s after the speech."""
     narrow = work / "narrow.wav"
     subprocess.run(
-        ["sox", str(wav_22k), "-r", "8000", "-c", "1", "-b", "16", str(narrow)], check=True
+        ["sox", str(wav_22k), "-r", "8000", "-c", "1", "-b", "16", str(narrow), "pad", "0.5", "1"],
+        check=True,
     )
     audio, rate = read_wav(narrow)
     if condition != "clean":
@@ -217,6 +228,13 @@ def synthetic_corpus(
 # --- human recordings ------------------------------------------------------------------------
 
 
+def on_a_quiet_line(audio: Audio) -> Audio:
+    """0.5 s of digital silence before, 1 s after (what Asterisk sends while no one talks)."""
+    return np.concatenate(
+        [np.zeros(SAMPLE_RATE // 2, np.float32), audio, np.zeros(SAMPLE_RATE, np.float32)]
+    )
+
+
 def human_singles(directory: Path, limit: int | None) -> list[Clip]:
     files = sorted(directory.glob("*.wav"))
     if limit and limit < len(files):
@@ -224,7 +242,8 @@ def human_singles(directory: Path, limit: int | None) -> list[Clip]:
     clips = []
     for path in files:
         digit, speaker = path.stem.split("_")[:2]
-        clips.append(Clip(path.stem, digit, load_16k(path), f"human single ({speaker})"))
+        audio = on_a_quiet_line(load_16k(path))
+        clips.append(Clip(path.stem, digit, audio, f"human single ({speaker})"))
     return clips
 
 
@@ -250,7 +269,12 @@ def human_strings(directory: Path, count: int = 80, seed: int = 1234) -> list[Cl
                 cache[path] = load_16k(path)
             parts.append(cache[path])
         clips.append(
-            Clip(f"{speaker}:{digits}", digits, np.concatenate(parts), f"human string ({speaker})")
+            Clip(
+                f"{speaker}:{digits}",
+                digits,
+                on_a_quiet_line(np.concatenate(parts)),
+                f"human string ({speaker})",
+            )
         )
     return clips
 
@@ -298,17 +322,58 @@ class Tally:
 HEADER = f"{'condition':<30} {'clips':>5} {'exact':>8} {'digits':>8} {'fallbk':>6} {'med ms':>8} {'max ms':>8}"
 
 
+@dataclass(frozen=True)
+class Entry:
+    """What the simulated entry asks the recogniser: ``max_digits``, and with ``count_hint``
+    the exact count still missing (an entry with ``num_digits``)."""
+
+    max_digits: int
+    count_hint: bool
+    through_vad: bool
+
+
+def utterances(audio: Audio) -> list[Audio]:
+    """The clip as the call's voice activity segmenter cuts it (20 ms frames of int16)."""
+    segmenter = UtteranceSegmenter(sample_rate=SAMPLE_RATE)
+    pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+    step = segmenter.frame_bytes
+    events = [
+        e for i in range(0, len(pcm) - step + 1, step) for e in segmenter.feed(pcm[i : i + step])
+    ]
+    events += segmenter.flush()
+    return [e.audio for e in events if isinstance(e, Utterance)]
+
+
+def recognise(recognizer: DigitRecognizer, clip: Clip, entry: Entry) -> tuple[str, bool, float]:
+    """The digits the entry receives, whether any decode fell back to segments, decode ms."""
+    pieces = utterances(clip.audio) if entry.through_vad else [clip.audio]
+    digits, fallback, decode_ms = "", False, 0.0
+    for audio in pieces:
+        missing = len(clip.digits) - len(digits)
+        if missing <= 0:
+            break  # the entry is complete
+        result: Recognition = recognizer.recognize_blocking(
+            audio,
+            max_digits=entry.max_digits,
+            expected_digits=missing if entry.count_hint else None,
+        )
+        digits += result.digits[:missing]  # the engine finishes at num_digits
+        fallback |= result.fallback
+        decode_ms += result.decode_ms
+    return digits, fallback, decode_ms
+
+
 def evaluate(
-    recognizer: DigitRecognizer, clips: Iterable[Clip], key: str, max_digits: int = 10
+    recognizer: DigitRecognizer, clips: Iterable[Clip], key: str, entry: Entry
 ) -> dict[str, Tally]:
     tallies: dict[str, Tally] = {}
     for clip in clips:
-        result = recognizer.recognize_blocking(clip.audio, max_digits=max_digits)
+        digits, fallback, decode_ms = recognise(recognizer, clip, entry)
         kind = "single" if len(clip.digits) == 1 else "string"
         label = clip.condition if key == "condition" else f"{kind}: {clip.condition}"
         for name in (label, f"{kind}: ALL" if key != "condition" else "ALL"):
             tallies.setdefault(name, Tally()).add(
-                clip.digits, result.digits, result.fallback, result.decode_ms, clip.name
+                clip.digits, digits, fallback, decode_ms, clip.name
             )
     return tallies
 
@@ -341,7 +406,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-digits", type=int, default=10, help="the entry's max_digits")
     parser.add_argument("--no-fallback", action="store_true", help="whole-utterance decode only")
+    parser.add_argument(
+        "--no-count-hint", action="store_true", help="the entry has max_digits only"
+    )
+    parser.add_argument("--direct", action="store_true", help="no voice activity segmenter")
     args = parser.parse_args()
+    entry = Entry(args.max_digits, not args.no_count_hint, not args.direct)
 
     settings = RecognizerSettings(
         model=args.model,
@@ -369,20 +439,20 @@ def main() -> None:
                 strings_per_voice=args.strings_per_voice,
             )
             print(f"synthetic corpus: {len(clips)} clips in {time.perf_counter() - started:.0f} s")
-        tallies = evaluate(recognizer, clips, "kind", args.max_digits)
+        tallies = evaluate(recognizer, clips, "kind", entry)
         report("SYNTHETIC (espeak-ng, telephone channel)", tallies, args.misses)
 
     if args.human_dir:
         singles = human_singles(args.human_dir, args.limit)
         report(
             "HUMAN single digits",
-            evaluate(recognizer, singles, "condition", args.max_digits),
+            evaluate(recognizer, singles, "condition", entry),
             args.misses,
         )
         strings = human_strings(args.human_dir, args.strings)
         report(
             "HUMAN strings (4-10 digits)",
-            evaluate(recognizer, strings, "condition", args.max_digits),
+            evaluate(recognizer, strings, "condition", entry),
             args.misses,
         )
     stats = recognizer.stats

@@ -1,8 +1,9 @@
 """Spoken-digit latency, concurrency and memory of the recogniser on this machine.
 
 1. End of speech -> digits: one caller at a time, 4- and 10-digit utterances (espeak-ng through a
-   telephone channel, as in speech_accuracy.py) handed to ``recognize()`` the way the speech
-   listener does at the end of an utterance; median and p95 of the time until the digits are back.
+   telephone channel and the voice activity segmenter, as in speech_accuracy.py) handed to
+   ``recognize()`` the way the speech listener does at the end of an utterance, for an entry with
+   ``num_digits`` = their length; median and p95 of the time until the digits are back.
    The listener's voice-activity detector adds its own end-of-speech wait (``end_silence_ms``,
    500 ms by default) before that; it is not counted here.
 2. Concurrent callers: K simulated callers each speak a stream of utterances in real time (an
@@ -39,6 +40,7 @@ from speech_accuracy import (
     spoken_form,
     telephone,
 )
+from speech_accuracy import utterances as segmented
 
 from ari_app.speech.recognizer import SAMPLE_RATE, DigitRecognizer, RecognizerSettings
 
@@ -62,7 +64,9 @@ def utterances(work: Path, count: int, length: int, seed: int) -> list[tuple[str
         text = spoken_form(digits, rng) if length > 1 else WORDS[int(digits)]
         voice = ("en-us", "en", "en+f3", "en+m3")[i % 4]
         speak(text, voice, rng.randint(150, 180), raw)
-        out.append((digits, telephone(raw, "clean", work, noise_rng)))
+        # As the listener hands it over: one utterance, cut by the segmenter.
+        (utterance,) = segmented(telephone(raw, "clean", work, noise_rng))
+        out.append((digits, utterance))
     return out
 
 
@@ -83,7 +87,9 @@ async def one_at_a_time(
         for _ in range(rounds):
             for digits, audio in subset:
                 started = time.perf_counter()
-                result = await recognizer.recognize(audio, max_digits=len(digits))
+                result = await recognizer.recognize(
+                    audio, max_digits=len(digits), expected_digits=len(digits)
+                )
                 latencies.append((time.perf_counter() - started) * 1000)
                 right += result.digits == digits
                 fallbacks += result.fallback
@@ -110,7 +116,9 @@ async def callers(
     async def decode(digits: str, audio: Audio) -> None:
         nonlocal wrong
         ended = time.perf_counter()
-        result = await recognizer.recognize(audio, max_digits=len(digits))
+        result = await recognizer.recognize(
+            audio, max_digits=len(digits), expected_digits=len(digits)
+        )
         latencies.append(time.perf_counter() - ended)
         wrong += result.digits != digits
 
@@ -143,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
     print(f"settings: {settings}")
     with tempfile.TemporaryDirectory(prefix="speech-latency-") as tmp:
         clips = utterances(Path(tmp), 8, 4, seed=1) + utterances(Path(tmp), 8, 10, seed=2)
-    await recognizer.recognize(clips[0][1], max_digits=4)  # warm-up
+    await recognizer.recognize(clips[0][1], max_digits=4, expected_digits=4)  # warm-up
 
     print("\nEnd of speech -> digits, one caller at a time:")
     await one_at_a_time(recognizer, clips, args.rounds)

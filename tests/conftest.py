@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def asterisk() -> Iterator[AsteriskSandbox]:
-    """The real Asterisk 22 sandbox, started once per test run. Never skipped."""
+    """The real Asterisk 22 sandbox, started once per test run. Never skipped.
+
+    Stopped at the end only if this run started it: a sandbox someone else started (the demo
+    with --keep-asterisk, another test run) is left alone.
+    """
     sandbox = AsteriskSandbox(REPO / "asterisk_conf")
+    was_running = sandbox.is_running()
     try:
         sandbox.start()
     except SandboxError as exc:
         pytest.fail(f"the Asterisk sandbox is required and could not start: {exc}")
     yield sandbox
-    sandbox.stop()
+    if not was_running:
+        sandbox.stop()
 
 
 @dataclass
@@ -38,11 +45,21 @@ class Service:
     settings: Settings
 
 
+def free_tcp_port() -> int:
+    """A port nothing listens on now (the service's HTTP server needs one known in advance:
+    tests scrape it, and several services may run at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def service_settings(
     asterisk: AsteriskSandbox, database_url: str, *, speech: bool = False
 ) -> Settings:
     """Keypad tests run without the speech path (no model to load); speech tests turn it on."""
     return Settings(
+        api_port=free_tcp_port(),
         speech=speech,
         ari_url=asterisk.ari_url,
         ari_user=asterisk.ari_user,

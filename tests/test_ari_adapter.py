@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from ari_app.ari.app import AriApplication, interruptible_media
+from ari_app.ari import app as ari_app_module
+from ari_app.ari.app import AriApplication, AriCallPort, interruptible_media
+from ari_app.ari.client import AriUnreachable
 from ari_app.ari.events import (
     ChannelLeft,
     DtmfReceived,
@@ -277,3 +279,66 @@ async def test_bad_arguments_set_the_error_variables() -> None:
     assert "max_digits must be between 1 and 64" in variables["DIGITS_ERROR"]
     assert store.finished[1].status == "error"
     assert store.started[0].parameters == {"arguments": ["max_digits=10000"]}
+
+
+class ReconnectingClient:
+    """Continuing the channel fails ``failures`` times with ``error`` (default: ARI dropped)."""
+
+    def __init__(self, failures: int, error: TransportError | None = None) -> None:
+        self.failures = failures
+        self.error = error or AriUnreachable("connection reset")
+        self.released: list[str] = []
+
+    async def continue_in_dialplan(self, channel_id: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        self.released.append(channel_id)
+
+
+async def test_handing_back_waits_for_the_reconnect(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
+    app = AriApplication(Settings(), FakeStore())
+    client = ReconnectingClient(failures=1)
+    app.client = client  # type: ignore[assignment]
+    release = asyncio.create_task(AriCallPort(app, "c").release())
+    await asyncio.sleep(0.05)
+    assert not release.done(), "it must wait for the connection, not give up"
+    assert "waiting for the connection" in caplog.text
+    app.connected.set()  # the reconnect loop got through
+    await asyncio.wait_for(release, 1)
+    assert client.released == ["c"]
+
+
+async def test_handing_back_gives_up_after_its_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
+    app = AriApplication(Settings(), FakeStore())
+    app.handback_patience = 0.05
+    app.client = ReconnectingClient(failures=1000)  # type: ignore[assignment]
+    with pytest.raises(TransportError):
+        await asyncio.wait_for(AriCallPort(app, "c").release(), 1)
+
+
+async def test_an_error_ari_answered_with_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
+    app = AriApplication(Settings(), FakeStore())
+    client = ReconnectingClient(failures=1, error=TransportError("continue: HTTP 500"))
+    app.client = client  # type: ignore[assignment]
+    with pytest.raises(TransportError, match="HTTP 500"):
+        await asyncio.wait_for(AriCallPort(app, "c").release(), 1)
+    assert client.failures == 0 and client.released == []
+
+
+async def test_shutdown_cancels_calls_still_running_after_the_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held = asyncio.Event()  # never set: Asterisk never answers the first play
+    app = RoutingApp(FakeStore(), {"stuck": ScriptedPort(hold_play=held)})
+    app.dispatch(with_channel(STASIS_START, "stuck"))
+    await asyncio.sleep(0.01)
+    [task] = app._tasks
+    await app.shutdown(grace=0.05)
+    assert task.cancelled()
+    assert "cancelling 1 call tasks" in caplog.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -16,12 +15,16 @@ from ari_app.server import running_service
 from ari_app.simulate import SimulatedCallers, synthesize_caller_speech
 from ari_app.store.repository import Store
 from tests.asterisk_harness import stored_entry
-from tests.conftest import Service, service_settings
+from tests.conftest import Service, free_tcp_port, service_settings
 from tests.test_agi_calls import ensure_agi_dialplan
 
 pytestmark = pytest.mark.asterisk
 
 PHRASES = {
+    "phone_groups": "four one five, five five five, zero one two three",
+    "group_415": "four one five",
+    "group_555": "five five five",
+    "group_0123": "zero one two three",
     "pin_double": "double five, one, two",
     "three_four": "three four",
     "yes": "yes",
@@ -65,6 +68,27 @@ async def test_a_pin_with_double(speech_service: Service, voices: dict[str, str]
     entry = await stored_entry(speech_service.store, call.channel_id)
     assert {e.source for e in entry.events if e.kind == "digit"} == {"voice"}
     assert any(e.kind == "utterance" and e.detail for e in entry.events)
+
+
+@pytest.mark.parametrize(
+    "spoken",
+    [
+        ["phone_groups"],  # the groups a comma apart: one utterance
+        ["group_415", "group_555", "group_0123"],  # a pause after each group: three utterances
+    ],
+    ids=["in_one_breath", "pausing_between_groups"],
+)
+async def test_a_ten_digit_number_spoken_in_groups(
+    speech_service: Service, voices: dict[str, str], spoken: list[str]
+) -> None:
+    speech = "^wait:0.8^".join(f"play:{voices[name]}" for name in spoken)
+    call = await speech_service.callers.place_call(
+        "num_digits=10,label=phone,prompt=sound:beep", f"wait:0.5^{speech}"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "4155550123")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert [e.source for e in entry.events if e.kind == "digit"] == ["voice"] * 10
 
 
 async def test_two_keys_then_voice_in_one_entry(
@@ -123,13 +147,6 @@ async def test_hangup_tears_the_speech_tap_down(
     status, bridges = await speech_service.callers.request("GET", "/bridges")
     assert status == 200
     assert bridges == []
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_spoken_digits_over_fastagi(

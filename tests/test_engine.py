@@ -477,6 +477,16 @@ def test_keys_and_voice_mix_in_one_entry() -> None:
     assert [r.source for r in result.digits] == [Source.KEY] * 2 + [Source.VOICE] * 4
 
 
+def test_digits_missing_counts_down_an_exact_entry_only() -> None:
+    d = Driver.start("num_digits=6")
+    d.finish_prompt()
+    assert d.collector.digits_missing == 6
+    d.keys("12")
+    speak(d, "3")
+    assert d.collector.digits_missing == 3
+    assert Driver.start("min_digits=2", "max_digits=6").collector.digits_missing is None
+
+
 def test_words_beyond_max_digits_are_not_entered() -> None:
     d = Driver.start("num_digits=4")
     d.finish_prompt()

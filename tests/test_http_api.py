@@ -23,7 +23,7 @@ from yarl import URL
 
 from ari_app.http import api as http_api
 from ari_app.http import make_api_app, openapi_document, running_http_api
-from ari_app.http.api import LIST_PARAMETERS, STATS_PARAMETERS, ApiServer
+from ari_app.http.api import API_DISABLED, LIST_PARAMETERS, STATS_PARAMETERS, ApiServer
 from ari_app.store import Store
 from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.queries import Cursor
@@ -116,10 +116,21 @@ def expected_ids(ids: list[int], keep: Any) -> list[int]:
 # --------------------------------------------------------------------------- open routes
 
 
-async def test_health_and_openapi_need_no_token(api: Api) -> None:
-    status, body, response = await api.get("/healthz", headers={})
+async def test_health_readiness_metrics_and_openapi_need_no_token(api: Api) -> None:
+    status, body, _ = await api.get("/healthz", headers={})
     assert (status, body) == (200, {"status": "ok"})
     check_schema("Health", body)
+    # No ARI application beside this server: ready is the database answering.
+    status, body, _ = await api.get("/readyz", headers={})
+    assert (status, body) == (
+        200,
+        {"status": "ready", "checks": {"database": "ok"}, "not_ready": []},
+    )
+    check_schema("Readiness", body)
+    async with api.session.get("/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        assert "ari_digits_entries_started_total" in await response.text()
     status, body, response = await api.get("/openapi.json", headers={})
     assert status == 200
     assert response.content_type == "application/json"
@@ -145,12 +156,32 @@ def test_openapi_document_is_valid_and_complete() -> None:
     for path, ops in DOC["paths"].items():
         assert ("security" in ops["get"]) is (not path.startswith("/api/")), path
         if path.startswith("/api/"):
-            assert {"400", "401"} <= set(ops["get"]["responses"])
+            assert {"400", "401", "503"} <= set(ops["get"]["responses"])
 
 
-def test_empty_token_is_refused() -> None:
-    with pytest.raises(ValueError, match="token"):
-        make_api_app(Store.from_url("sqlite+aiosqlite:///:memory:"), token="")
+async def test_without_a_token_the_api_is_disabled(db_url: str) -> None:
+    """API_TOKEN empty: the server still runs (health, readiness, metrics), and every other
+    path says the API is disabled, whatever credentials are sent."""
+    store = Store.from_url(db_url)
+    try:
+        async with (
+            running_http_api(store, host="127.0.0.1", port=0, token="") as server,
+            aiohttp.ClientSession(base_url=server.url) as session,
+        ):
+            for path in ("/api/entries", "/api/entries/1", "/api/stats", "/nope"):
+                for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+                    async with session.get(path, headers=headers) as response:
+                        body = await response.json()
+                        assert response.status == 503, path
+                        assert "WWW-Authenticate" not in response.headers
+                    assert body == {"error": API_DISABLED}
+                    assert "API_TOKEN" in body["error"]
+                    check_schema("Error", body)
+            for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+                async with session.get(path) as response:
+                    assert response.status == 200, path
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------- auth
@@ -497,4 +528,6 @@ async def test_schemathesis_finds_no_server_errors(api: Api, tmp_path: Path) -> 
         "GET /api/entries/{id}",
         "GET /api/stats",
         "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
     }, text

@@ -25,7 +25,7 @@ from tests import pg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
-HEAD = "0003"
+HEAD = "0004"
 
 EXPECTED_ENTRY_INDEXES = {
     "ix_entries_started_at_status_label_first_digit_ms": [
@@ -41,6 +41,7 @@ EXPECTED_ENTRY_INDEXES = {
     "ix_entries_label_started_at": ["label", "started_at"],
     "ix_entries_caller_number_started_at": ["caller_number", "started_at"],
     "ix_entries_channel_id": ["channel_id"],
+    "ix_entries_first_digit_ms_started_at": ["first_digit_ms", "started_at"],
 }
 
 
@@ -76,6 +77,7 @@ def describe_schema(url: str) -> dict[str, Any]:
             info["events_pk"] = insp.get_pk_constraint("entry_events")
             info["events_fks"] = insp.get_foreign_keys("entry_events")
             info["entries_columns"] = {c["name"]: c for c in insp.get_columns("entries")}
+            info["daily_stats_pk"] = insp.get_pk_constraint("entry_daily_stats")
         return info
 
     async def run() -> dict[str, Any]:
@@ -91,7 +93,7 @@ def describe_schema(url: str) -> dict[str, Any]:
 
 def assert_schema_at_head(url: str) -> None:
     info = describe_schema(url)
-    assert info["tables"] == {"alembic_version", "entries", "entry_events"}
+    assert info["tables"] == {"alembic_version", "entries", "entry_events", "entry_daily_stats"}
     assert info["entries_indexes"] == EXPECTED_ENTRY_INDEXES
     assert info["entries_pk"]["constrained_columns"] == ["id"]
     assert info["events_pk"]["constrained_columns"] == ["entry_id", "seq"]
@@ -101,6 +103,7 @@ def assert_schema_at_head(url: str) -> None:
     assert fk["constrained_columns"] == ["entry_id"]
     assert fk["referred_columns"] == ["id"]
     assert fk["options"].get("ondelete") == "CASCADE"
+    assert info["daily_stats_pk"]["constrained_columns"] == ["day"]
     columns = info["entries_columns"]
     assert not columns["channel_id"]["nullable"]
     assert columns["label"]["nullable"]

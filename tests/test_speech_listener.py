@@ -57,12 +57,17 @@ def as_rtp(
 class ScriptedRecognizer:
     def __init__(self, *texts: str) -> None:
         self.texts = list(texts)
-        self.heard: list[tuple[int, str]] = []
+        self.heard: list[tuple[int, str, int | None]] = []
 
     async def recognize(
-        self, audio: Any, *, max_digits: int = 64, vocabulary: Vocabulary = "digits"
+        self,
+        audio: Any,
+        *,
+        max_digits: int = 64,
+        vocabulary: Vocabulary = "digits",
+        expected_digits: int | None = None,
     ) -> Recognition:
-        self.heard.append((len(audio), vocabulary))
+        self.heard.append((len(audio), vocabulary, expected_digits))
         await asyncio.sleep(0.01)
         text = self.texts.pop(0)
         return Recognition(
@@ -76,6 +81,7 @@ class ScriptedRecognizer:
 
 class Target:
     expects_answer = False
+    digits_missing: int | None = None
 
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
@@ -93,6 +99,7 @@ class Target:
 
 async def test_an_utterance_reaches_the_session_as_digits(tmp_path: Path) -> None:
     target = Target()
+    target.digits_missing = 3
     recognizer = ScriptedRecognizer("Five, five, five.")
     listener = SpeechListener(target, recognizer, label="t", max_digits=10)
     try:
@@ -104,7 +111,7 @@ async def test_an_utterance_reaches_the_session_as_digits(tmp_path: Path) -> Non
         await listener.close()
     assert target.events == [("started",), ("ended", "Five, five, five.", "555", "None")]
     assert recognizer.heard[0][0] > 16000 * 0.5  # the whole utterance
-    assert recognizer.heard[0][1] == "digits"
+    assert recognizer.heard[0][1:] == ("digits", 3)  # what the entry still needs
 
 
 async def test_silence_reaches_nothing_and_yes_is_an_answer(tmp_path: Path) -> None:
@@ -125,4 +132,4 @@ async def test_silence_reaches_nothing_and_yes_is_an_answer(tmp_path: Path) -> N
     finally:
         await listener.close()
     assert target.events[-1] == ("ended", "Yes.", "", "True")
-    assert recognizer.heard[0][1] == "confirmation"  # decoding may say yes or no now
+    assert recognizer.heard[0][1:] == ("confirmation", None)  # it may say yes or no now

@@ -26,6 +26,7 @@ from ari_app.speech.recognizer import (
     Recognition,
     RecognizerSettings,
     combine,
+    fit_count,
     speech_segments,
 )
 from ari_app.speech.words import confirmation_answer
@@ -110,6 +111,14 @@ async def test_ten_digit_number_in_groups(recognizer: DigitRecognizer, speech_di
     audio = say("six one seven, four nine two, three eight oh five", speech_dir)
     result = await recognizer.recognize(audio, max_digits=10)
     assert result.digits == "6174923805", result
+
+
+async def test_an_exact_count_puts_back_a_digit_of_a_run(
+    recognizer: DigitRecognizer, speech_dir: Path
+) -> None:
+    audio = say("four one five, five five five, zero one two three", speech_dir, wpm=130)
+    result = await recognizer.recognize(audio, max_digits=10, expected_digits=10)
+    assert result.digits == "4155550123", result
 
 
 @pytest.mark.parametrize(("spoken", "answer"), [("yes, that's right", True), ("no", False)])
@@ -248,3 +257,20 @@ def test_combine_fills_a_dropped_digit_and_keeps_the_rest() -> None:
     # A runaway repetition is cut down to what the segments can hold.
     chosen = combine("4877777777", [nbest("4"), nbest("8"), nbest("7")], [1, 1, 1])
     assert "".join(d for _, d in chosen) == "487"
+
+
+@pytest.mark.parametrize(
+    ("digits", "expected", "chosen"),
+    [
+        ("415550123", 10, "4155550123"),  # the first one that only adds a digit
+        ("4155", 5, "4155"),  # none adds exactly one: the transcript stays
+        ("33", 1, "3"),  # too many: one that only drops digits
+        ("4155550123", 10, "4155550123"),  # the right count is never replaced
+        ("415", 10, "415"),  # a first group of ten digits: more may follow in another utterance
+        ("41", 4, "41"),  # 2 of 4 digits: off by more than a quarter (at least 1)
+    ],
+)
+def test_fit_count_only_adds_or_drops_digits(digits: str, expected: int, chosen: str) -> None:
+    hypotheses = ["41", "4155550124", "4155550123", "3", "515", "4155555555", "4111"]
+    nbest = [(d, -0.1 * i) for i, d in enumerate(hypotheses)]
+    assert fit_count(digits, digits, nbest, expected) == (chosen, chosen)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from ari_app.agi.fastagi import AgiChannelGone, AgiReply, AgiRequest
 from ari_app.call import CallSession, ChannelGone, TransportError
 from ari_app.params import DTMF_KEYS
+from ari_app.tts import TextPrompts
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ MIN_POLL_MS = 10
 TIMER_MARGIN_MS = 3  # a poll ends this long after the session's timer is due
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./\-]{0,199}$")
+# Remote media (rendered text prompts): STREAM FILE fetches it through res_http_media_cache.
+# One AGI argument: URL characters only, no space, quote or backslash.
+_REMOTE_FILE = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]-]{1,500}$")
 _NUMBER = re.compile(r"^-?\d{1,15}$")
 _CHARACTERS = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _SPOKEN_KEYS = {"*": "digits/star", "#": "digits/pound"}
@@ -71,7 +75,8 @@ class AgiMedia:
 def agi_media(media: Sequence[str], *, label: str = "-") -> list[AgiMedia]:
     """ARI media URIs as AGI commands (escape keys and offset are added when played).
 
-    ``sound:x`` → ``STREAM FILE x``; ``digits:12*`` → the ``digits/N`` files (interruptible,
+    ``sound:x`` → ``STREAM FILE x`` (``x`` may be an ``http(s)://`` URL: Asterisk fetches it
+    through ``res_http_media_cache``); ``digits:12*`` → the ``digits/N`` files (interruptible,
     like the ARI path's read-back); ``number:42`` → ``SAY NUMBER``; ``characters:ab`` →
     ``SAY ALPHA``. ``tone:`` and ``recording:`` have no AGI equivalent and are skipped, with
     a log line. Values never reach a log line for ``digits:`` (they may be a caller's PIN).
@@ -79,7 +84,7 @@ def agi_media(media: Sequence[str], *, label: str = "-") -> list[AgiMedia]:
     items: list[AgiMedia] = []
     for uri in media:
         scheme, _, value = uri.partition(":")
-        if scheme == "sound" and _SAFE_FILE.match(value):
+        if scheme == "sound" and (_SAFE_FILE.match(value) or _REMOTE_FILE.match(value)):
             items.append(AgiMedia(f"STREAM FILE {value}", True, uri))
         elif scheme == "digits" and value and all(c in DTMF_KEYS for c in value.upper()):
             for char in value.upper():
@@ -127,8 +132,10 @@ class AgiCallPort:
         poll_interval: float = POLL_INTERVAL,
         command_timeout: float = COMMAND_TIMEOUT,
         playback_timeout: float = PLAYBACK_TIMEOUT,
+        prompts: TextPrompts | None = None,
     ) -> None:
         self._request = request
+        self._prompts = prompts
         self._label = label
         self._poll_ms = max(1, round(poll_interval * 1000))
         self._command_timeout = command_timeout
@@ -151,6 +158,8 @@ class AgiCallPort:
             raise TransportError("ANSWER failed")
 
     async def play(self, playback_id: str, media: Sequence[str]) -> None:
+        if self._prompts is not None:
+            media = await self._prompts.playable(media, label=self._label)
         self._playlist = _Playlist(playback_id, agi_media(media, label=self._label))
         self._listening = True
         self._wake.set()

@@ -32,6 +32,9 @@ from ari_app.agi.port import (
     agi_quote,
 )
 from ari_app.call import CallInfo, CallSession, EntryStore
+from ari_app.logcontext import enter_call
+from ari_app.metrics import Metrics
+from ari_app.tts import TextPrompts
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,12 @@ class AgiServer:
         environment_timeout: float = ENVIRONMENT_TIMEOUT,
         max_environment_bytes: int = MAX_ENVIRONMENT_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        metrics: Metrics | None = None,
+        prompts: TextPrompts | None = None,
     ) -> None:
         self._store = store
+        self._prompts = prompts
+        self._metrics = metrics if metrics is not None else Metrics()
         self._hash_key = hash_key
         self._on_session = on_session
         self._poll_interval = poll_interval
@@ -200,8 +207,16 @@ class AgiServer:
             poll_interval=self._poll_interval,
             command_timeout=self._command_timeout,
             playback_timeout=self._playback_timeout,
+            prompts=self._prompts,
         )
-        session = CallSession(info, arguments, port, self._store, hash_key=self._hash_key)
+        session = CallSession(
+            info, arguments, port, self._store, hash_key=self._hash_key, metrics=self._metrics
+        )
+        # This connection's task is the call's task: from here on (the poller and the speech
+        # tap it starts included) every log line carries the call.
+        enter_call(session.log_context)
+        if self._prompts is not None:  # rendered while the call is answered
+            self._prompts.prepare(session.params)
         params = session.params
         if params is not None and not params.accepts_keys and self._on_session is None:
             log.warning(
@@ -277,14 +292,24 @@ async def running_agi_server(
     *,
     hash_key: str,
     on_session: SessionHook | None = None,
+    metrics: Metrics | None = None,
+    prompts: TextPrompts | None = None,
     **tuning: Any,
 ) -> AsyncIterator[AgiServer]:
     """Run the FastAGI server for the block; off (never listening) when ``agi_port`` is None.
 
     ``on_session`` sees every session before it runs (to attach the speech tap).
+    ``prompts`` renders ``tts:`` prompts; without it they are skipped (logged).
     ``tuning``: :class:`AgiServer`'s keyword arguments (poll interval, timeouts, limits).
     """
-    server = AgiServer(store, hash_key=hash_key, on_session=on_session, **tuning)
+    server = AgiServer(
+        store,
+        hash_key=hash_key,
+        on_session=on_session,
+        metrics=metrics,
+        prompts=prompts,
+        **tuning,
+    )
     if settings.agi_port is None:
         log.info("FastAGI server off (AGI_PORT not set)")
         yield server

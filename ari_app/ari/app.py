@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ari_app.ari.client import AriClient, AriUnavailable
+from ari_app.ari.client import (
+    AriClient,
+    AriUnavailable,
+    AriUnreachable,
+    wait_until_subscribed,
+)
 from ari_app.ari.events import (
     ChannelLeft,
     DtmfReceived,
@@ -20,13 +27,17 @@ from ari_app.ari.events import (
 )
 from ari_app.ari.speech import AriSpeechTap
 from ari_app.call import CallInfo, CallSession, EntryStore, TransportError
+from ari_app.logcontext import enter_call
+from ari_app.metrics import Metrics
 from ari_app.settings import Settings
 from ari_app.speech.recognizer import DigitRecognizer
 from ari_app.speech.rtp import RtpReceiver
+from ari_app.tts import TextPrompts, text_prompts
 
 log = logging.getLogger(__name__)
 
 FIRST_RECONNECT_DELAY = 0.5
+HANDBACK_RETRY_PAUSE = 0.5
 
 ClientFactory = Callable[[Settings], AriClient]
 
@@ -71,26 +82,57 @@ class AriCallPort:
     def _client(self) -> AriClient:
         client = self._app.client
         if client is None:
-            raise TransportError("ARI is disconnected")
+            raise AriUnreachable("ARI is disconnected")
         return client
 
     async def answer(self) -> None:
         await self._client().answer(self._channel_id)
 
     async def play(self, playback_id: str, media: Sequence[str]) -> None:
-        await self._client().play(self._channel_id, playback_id, interruptible_media(media))
+        playable = await self._app.prompts.playable(media, label=self._channel_id)
+        await self._client().play(self._channel_id, playback_id, interruptible_media(playable))
 
     async def stop_playback(self, playback_id: str) -> None:
         await self._client().stop_playback(playback_id)
 
     async def set_variables(self, variables: Mapping[str, str]) -> None:
-        client = self._client()
-        await asyncio.gather(
-            *(client.set_variable(self._channel_id, k, v) for k, v in variables.items())
-        )
+        async def set_all(client: AriClient) -> None:
+            await asyncio.gather(
+                *(client.set_variable(self._channel_id, k, v) for k, v in variables.items())
+            )
+
+        await self._through_reconnect(set_all)
 
     async def release(self) -> None:
-        await self._client().continue_in_dialplan(self._channel_id)
+        await self._through_reconnect(lambda client: client.continue_in_dialplan(self._channel_id))
+
+    async def _through_reconnect(self, step: Callable[[AriClient], Awaitable[None]]) -> None:
+        """Run a hand-back step, waiting out a reconnect if ARI fails meanwhile.
+
+        The channel stays in Stasis while ARI is down; given up on, it would sit there until
+        the caller hangs up. Raises AriUnreachable once ``handback_patience`` has passed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._app.handback_patience
+        while True:
+            try:
+                await step(self._client())
+                return
+            except AriUnreachable as exc:  # an error ARI answered with will not go away
+                if loop.time() >= deadline:
+                    raise
+                log.warning(
+                    "channel %s: ARI failed while handing the call back (%s); "
+                    "waiting for the connection",
+                    self._channel_id,
+                    exc,
+                )
+            # The websocket reader may not have noticed the drop yet: pause, then wait until
+            # the connection is (again) up.
+            await asyncio.sleep(HANDBACK_RETRY_PAUSE)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._app.connected.wait()
 
 
 @dataclass(frozen=True)
@@ -105,6 +147,9 @@ class SpeechResources:
 class AriApplication:
     """Keeps one ARI connection alive and runs one :class:`CallSession` task per caller."""
 
+    # How long a finished entry keeps trying to hand its channel back through a reconnect.
+    handback_patience = 20.0
+
     def __init__(
         self,
         settings: Settings,
@@ -112,8 +157,12 @@ class AriApplication:
         *,
         client_factory: ClientFactory = default_client,
         speech: SpeechResources | None = None,
+        metrics: Metrics | None = None,
+        prompts: TextPrompts | None = None,
     ) -> None:
         self._speech = speech
+        self.prompts = prompts or text_prompts(settings)
+        self.metrics = metrics if metrics is not None else Metrics()
         self._settings = settings
         self._store = store
         self._client_factory = client_factory
@@ -138,11 +187,13 @@ class AriApplication:
                 listening = asyncio.create_task(client.listen(self.dispatch, opened))
                 # The websocket must be up before we tell anyone we are ready (an originate into
                 # an app without a websocket is accepted, then the channel dies).
-                await self._wait_until_subscribed(listening, opened)
+                await wait_until_subscribed(listening, opened)
                 self.client = client
                 self.connected.set()
+                self.metrics.ari_connection(connected=True)
                 if attempt:
                     self.reconnects += 1
+                    self.metrics.ari_reconnected()
                     log.info("reconnected to ARI at %s", self._settings.ari_url)
                     await self._reconcile_sessions()
                 else:
@@ -160,23 +211,13 @@ class AriApplication:
                     listening.cancel()
                     await asyncio.gather(listening, return_exceptions=True)
                 self.connected.clear()
+                self.metrics.ari_connection(connected=False)
                 self.client = None
                 await client.close()
             attempt += 1
             log.info("reconnecting to ARI in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.reconnect_max_delay)
-
-    @staticmethod
-    async def _wait_until_subscribed(listening: asyncio.Task[None], opened: asyncio.Event) -> None:
-        waiter = asyncio.create_task(opened.wait())
-        try:
-            await asyncio.wait({listening, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if listening.done():
-            await listening  # re-raises why it ended
-            raise AriUnavailable("the event websocket closed at once")
 
     async def _reconcile_sessions(self) -> None:
         """After a reconnect: entries whose channels vanished meanwhile end as interrupted."""
@@ -236,11 +277,19 @@ class AriApplication:
             AriCallPort(self, channel.id),
             self._store,
             hash_key=self._settings.hash_key,
+            metrics=self.metrics,
         )
         self.sessions[channel.id] = session
         self._idle.clear()
-        self.tap_speech(session)
-        task = asyncio.create_task(self._run_session(session), name=f"call-{channel.id}")
+        # The call's own context, entered in a copy: this runs in the websocket reader, whose
+        # context must stay clear of any call. The speech tap's tasks inherit it.
+        context = contextvars.copy_context()
+        context.run(enter_call, session.log_context)
+        context.run(self.tap_speech, session)
+        context.run(self.prompts.prepare, session.params)  # rendered while the call is answered
+        task = asyncio.create_task(
+            self._run_session(session), name=f"call-{channel.id}", context=context
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -259,6 +308,7 @@ class AriApplication:
             advertised_host=self._speech.advertised_host,
             max_digits=params.max_digits,
             target=session,
+            metrics=self.metrics,
         )
         session.attach(tap)
         tap.start()
@@ -279,8 +329,18 @@ class AriApplication:
             await self._idle.wait()
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Let running entries end as interrupted and store their rows before exiting."""
+        """Let running entries end as interrupted and store their rows before exiting; cancel
+        what is still running after ``grace`` (e.g. waiting to hand a channel back through a
+        reconnect that will not come), so nothing outlives the store."""
         for session in self.sessions.values():
             session.deliver_connection_lost()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        if late:
+            log.warning(
+                "shutdown: cancelling %d call tasks still running after %.0f s", len(late), grace
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

@@ -50,8 +50,26 @@ class ChannelNotReady(TransportError):
     """422: the channel exists but has not entered our application yet."""
 
 
+class AriUnreachable(TransportError):
+    """No answer from ARI at all (not connected, refused, reset, timed out), as opposed to an
+    error ARI answered with: worth retrying once the connection is back."""
+
+
 class AriUnavailable(Exception):
     """Asterisk's ARI could not be reached or refused our credentials."""
+
+
+async def wait_until_subscribed(listening: asyncio.Task[None], opened: asyncio.Event) -> None:
+    """Wait until ``listening`` (a :meth:`AriClient.listen` task) has opened the event
+    websocket, so the app is registered; raises why it ended if it ended first."""
+    waiter = asyncio.create_task(opened.wait())
+    try:
+        await asyncio.wait({listening, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if listening.done():
+        await listening  # re-raises why it ended
+        raise AriUnavailable("the event websocket closed at once")
 
 
 class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
@@ -240,7 +258,7 @@ class AriClient:
 
     async def _call(self, resource: str, operation: str, **params: str) -> Any:
         if self._client is None:
-            raise TransportError("not connected to ARI")
+            raise AriUnreachable("not connected to ARI")
         try:
             return await getattr(getattr(self._client, resource), operation)(**params)
         except (web_exceptions.HTTPNotFound, web_exceptions.HTTPConflict) as exc:
@@ -253,4 +271,4 @@ class AriClient:
                 f"{resource}.{operation}: HTTP {exc.status_code} {exc.text}"
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"{resource}.{operation}: {exc!r}") from None
+            raise AriUnreachable(f"{resource}.{operation}: {exc!r}") from None

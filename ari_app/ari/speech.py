@@ -13,6 +13,7 @@ import logging
 
 from ari_app.ari.client import AriClient
 from ari_app.call import ChannelGone, TransportError
+from ari_app.metrics import Metrics
 from ari_app.speech.listener import SpeechListener, SpeechTarget
 from ari_app.speech.recognizer import DigitRecognizer
 from ari_app.speech.rtp import RtpReceiver
@@ -31,6 +32,7 @@ class AriSpeechTap:
         advertised_host: str,
         max_digits: int,
         target: SpeechTarget,
+        metrics: Metrics,
     ) -> None:
         self._client = client
         self._receiver = receiver
@@ -40,7 +42,9 @@ class AriSpeechTap:
         self.media_id = f"{channel_id}-media"
         self.bridge_id = f"{channel_id}-speech"
         self._source: tuple[str, int] | None = None
-        self._listener = SpeechListener(target, recognizer, label=channel_id, max_digits=max_digits)
+        self._listener = SpeechListener(
+            target, recognizer, label=channel_id, max_digits=max_digits, metrics=metrics
+        )
         self._closed = False
         self._opening: asyncio.Task[None] | None = None
 

@@ -1,4 +1,4 @@
-"""The operators' HTTP API (aiohttp): entries, one entry, aggregates, OpenAPI, health.
+"""The service's HTTP server (aiohttp): the operators' API, metrics, health and readiness.
 
 Routes (see :func:`ari_app.http.schema.openapi_document` for the full contract):
 
@@ -6,16 +6,24 @@ Routes (see :func:`ari_app.http.schema.openapi_document` for the full contract):
   ``channel``, ``transport``, ``confirmed``; ``limit`` (1-500, default 50) and ``cursor``.
 - ``GET /api/entries/{id}``: one entry with its events.
 - ``GET /api/stats``: aggregates over ``[from, to)``.
-- ``GET /openapi.json`` and ``GET /healthz``: open (no token).
+- Open routes (no token): ``GET /healthz`` (the process answers), ``GET /readyz`` (200 when
+  ARI is connected and the database answers ``SELECT 1``; otherwise 503 naming what is not
+  ready), ``GET /metrics`` (Prometheus text format) and ``GET /openapi.json``; more with
+  ``make_api_app(open_routes=...)`` (:func:`add_open_routes`).
 
-Every route but those two needs ``Authorization: Bearer <token>`` (compared in constant
-time), unknown paths included; otherwise 401. Bad input is a 400 naming the parameter; every error is a JSON object
-``{"error": ..., "parameter": ...}``; an unexpected failure is a logged 500 that says nothing
-about its cause.
+The server runs whether or not a token is configured, so that health, readiness and metrics
+are always there. Every other path, unknown ones included, needs
+``Authorization: Bearer <token>`` (compared in constant time); without it, 401. With no token
+configured (``API_TOKEN`` empty) those paths answer **503** ``{"error": "the operators' API is
+disabled: ..."}``: no credentials could help (so not 401), and the operator turns it on by
+setting ``API_TOKEN`` and restarting. Bad input is a 400 naming the parameter; every error is a
+JSON object ``{"error": ..., "parameter": ...}``; an unexpected failure is a logged 500 that
+says nothing about its cause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -27,6 +35,7 @@ from typing import Final
 from aiohttp import web
 from multidict import MultiMapping
 
+from ari_app.metrics import Metrics
 from ari_app.store.queries import (
     DEFAULT_PAGE_SIZE,
     MAX_ENTRY_ID,
@@ -44,10 +53,12 @@ from .schema import entry_json, openapi_document, stats_json
 
 __all__ = [
     "API_CONFIG",
-    "PUBLIC_PATHS",
+    "API_DISABLED",
+    "METRICS",
     "STORE",
     "ApiConfig",
     "ApiServer",
+    "add_open_routes",
     "make_api_app",
     "running_http_api",
 ]
@@ -67,26 +78,41 @@ FILTER_PARAMETERS: Final = (
 LIST_PARAMETERS: Final = frozenset({*FILTER_PARAMETERS, "limit", "cursor"})
 STATS_PARAMETERS: Final = frozenset({"from", "to"})
 SHUTDOWN_TIMEOUT_S: Final = 5.0
+# A readiness probe must answer within its own timeout (often 1 s in Kubernetes); a database
+# that takes longer than this to run SELECT 1 is not ready.
+READINESS_DB_TIMEOUT_S: Final = 1.0
+API_DISABLED: Final = (
+    "the operators' API is disabled: set API_TOKEN on the server (and restart it) to enable it"
+)
 _DIGITS: Final = re.compile(r"[0-9]{1,20}")
 _BEARER: Final = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-PUBLIC_PATHS: Final = frozenset({"/healthz", "/openapi.json"})
-
-
 @dataclass(frozen=True)
 class ApiConfig:
-    """What the API needs besides the store."""
+    """What the server needs besides the store and the metrics."""
 
-    token: str
-    # Routes served without the token; every other path, unknown ones included, needs it.
-    public_paths: frozenset[str] = PUBLIC_PATHS
+    token: str  # empty: the /api routes are disabled
+    # Whether the ARI application is connected; None: this server runs no ARI application,
+    # so readiness is the database alone.
+    ari_connected: Callable[[], bool] | None = None
 
 
 STORE: Final = web.AppKey("store", Store)
 API_CONFIG: Final = web.AppKey("api_config", ApiConfig)
+METRICS: Final = web.AppKey("metrics", Metrics)
+# Canonical paths of the routes served without the token (filled by add_open_routes).
+OPEN_PATHS: Final = web.AppKey("open_paths", set[str])
+
+
+def add_open_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Serve ``routes`` (``web.get("/media/{name}", handler)``, ...) without the token."""
+    for route in routes:
+        for registered in route.register(app.router):
+            if registered.resource is not None:  # always set for a route added by path
+                app[OPEN_PATHS].add(registered.resource.canonical)
 
 
 def error_response(
@@ -121,11 +147,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route but the public ones (``/healthz``, ``/openapi.json``) needs the bearer
-    token; so does every unknown path (fail closed: a 404 says nothing without it)."""
+    """Every route but the open ones needs the bearer token; so does every unknown path (fail
+    closed: a 404 says nothing without it). Without a configured token, none of them is
+    served."""
     config = request.app[API_CONFIG]
     resource = request.match_info.route.resource
-    if resource is None or resource.canonical not in config.public_paths:
+    if resource is None or resource.canonical not in request.app[OPEN_PATHS]:
+        if not config.token:
+            return error_response(503, API_DISABLED)
         expected = config.token.encode()
         match = _BEARER.fullmatch(request.headers.get("Authorization", ""))
         given = match.group(1).encode("utf-8", "surrogateescape") if match else b""
@@ -231,19 +260,69 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_api_app(store: Store, *, token: str) -> web.Application:
-    """The API as an aiohttp application over ``store`` (which the caller opens and closes,
-    after the application has stopped). ``token`` must not be empty."""
-    if not token:
-        raise ValueError("the API needs a non-empty bearer token")
+async def _database_state(store: Store) -> str:
+    try:
+        async with asyncio.timeout(READINESS_DB_TIMEOUT_S):
+            await store.ping()
+    except TimeoutError:
+        log.warning("readiness: the database did not answer within %.1f s", READINESS_DB_TIMEOUT_S)
+        return "no answer"
+    except Exception as exc:
+        # The cause stays in the log: the route is open, and it may name hosts or users.
+        log.warning("readiness: the database is unreachable: %s", exc)
+        return "unreachable"
+    return "ok"
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    ari_connected = request.app[API_CONFIG].ari_connected
+    if ari_connected is not None:
+        checks["ari"] = "ok" if ari_connected() else "not connected"
+    checks["database"] = await _database_state(request.app[STORE])
+    not_ready = sorted(name for name, state in checks.items() if state != "ok")
+    return web.json_response(
+        {"status": "not_ready" if not_ready else "ready", "checks": checks, "not_ready": not_ready},
+        status=503 if not_ready else 200,
+    )
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def make_api_app(
+    store: Store,
+    *,
+    token: str,
+    metrics: Metrics | None = None,
+    ari_connected: Callable[[], bool] | None = None,
+    open_routes: Iterable[web.RouteDef] = (),
+) -> web.Application:
+    """The HTTP server as an aiohttp application over ``store`` (which the caller opens and
+    closes, after the application has stopped). ``token`` empty: /api disabled (503).
+    ``metrics``: what ``/metrics`` exposes (none: an instance of its own, all zero).
+    ``ari_connected``: for ``/readyz``; None when no ARI application runs beside it.
+    ``open_routes``: further routes served without the token."""
     app = web.Application(middlewares=[json_errors, bearer_auth])
     app[STORE] = store
-    app[API_CONFIG] = ApiConfig(token=token)
+    app[API_CONFIG] = ApiConfig(token=token, ari_connected=ari_connected)
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app[OPEN_PATHS] = set()
     app.router.add_get("/api/entries", handle_list)
     app.router.add_get("/api/entries/{id}", handle_entry)
     app.router.add_get("/api/stats", handle_stats)
-    app.router.add_get("/openapi.json", handle_openapi)
-    app.router.add_get("/healthz", handle_health)
+    add_open_routes(
+        app,
+        [
+            web.get("/openapi.json", handle_openapi),
+            web.get("/healthz", handle_health),
+            web.get("/readyz", handle_ready),
+            web.get("/metrics", handle_metrics),
+            *open_routes,
+        ],
+    )
     return app
 
 
@@ -263,14 +342,24 @@ class ApiServer:
 
 @contextlib.asynccontextmanager
 async def running_http_api(
-    store: Store, *, host: str, port: int, token: str
+    store: Store,
+    *,
+    host: str,
+    port: int,
+    token: str,
+    metrics: Metrics | None = None,
+    ari_connected: Callable[[], bool] | None = None,
+    open_routes: Iterable[web.RouteDef] = (),
 ) -> AsyncIterator[ApiServer]:
-    """Serve the API on ``host:port`` (port 0: any free port) until the context exits.
+    """Serve :func:`make_api_app` on ``host:port`` (port 0: any free port) until the context
+    exits.
 
     On exit the listening socket closes, requests in flight get up to 5 seconds to finish,
     then the application is cleaned up; close ``store`` only after that.
     """
-    app = make_api_app(store, token=token)
+    app = make_api_app(
+        store, token=token, metrics=metrics, ari_connected=ari_connected, open_routes=open_routes
+    )
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:

@@ -246,6 +246,9 @@ _ERRORS: Final = {
             }
         },
     },
+    "503": _json_response(
+        "The server has no API_TOKEN configured: the operators' API is disabled.", "Error"
+    ),
 }
 
 
@@ -330,7 +333,9 @@ def _build_openapi() -> dict[str, Any]:
             "title": "ari-digits operators' API",
             "version": API_VERSION,
             "description": "Read the digit entries collected from Asterisk callers. Every "
-            "/api route needs `Authorization: Bearer <API_TOKEN>`. Times are UTC, ISO 8601.",
+            "/api route needs `Authorization: Bearer <API_TOKEN>`, and answers 503 while the "
+            "server has no API_TOKEN. Health, readiness, metrics and this document are open. "
+            "Times are UTC, ISO 8601.",
         },
         "paths": {
             "/api/entries": {
@@ -406,6 +411,38 @@ def _build_openapi() -> dict[str, Any]:
                     "responses": {"200": _json_response("Alive.", "Health")},
                 }
             },
+            "/readyz": {
+                "get": {
+                    "operationId": "getReadiness",
+                    "summary": "Ready to take calls: ARI connected and the database answering "
+                    "(no token needed)",
+                    "security": [],
+                    "responses": {
+                        "200": _json_response("Ready.", "Readiness"),
+                        "503": _json_response(
+                            "Not ready; `not_ready` names the failing checks.", "Readiness"
+                        ),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "getMetrics",
+                    "summary": "Prometheus metrics (no token needed)",
+                    "description": "Prometheus text format (version 0.0.4) unless the `Accept` "
+                    "header asks for a newer text format or OpenMetrics.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The metrics, `ari_digits_*`.",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        }
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -432,6 +469,27 @@ def _build_openapi() -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["status"],
                     "properties": {"status": {"const": "ok"}},
+                },
+                "Readiness": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["status", "checks", "not_ready"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                        "checks": {
+                            "type": "object",
+                            "description": "each check's state: `ok`, or why not (`ari`: "
+                            "`not connected`; `database`: `unreachable`, `no answer`); `ari` "
+                            "is absent where the server runs no ARI application",
+                            "required": ["database"],
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "not_ready": {
+                            "type": "array",
+                            "description": "the checks that are not `ok`, sorted",
+                            "items": {"type": "string"},
+                        },
+                    },
                 },
             },
         },

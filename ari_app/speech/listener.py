@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from ari_app.metrics import Metrics, discarded_metrics
 from ari_app.speech.recognizer import Recognition, Vocabulary
 from ari_app.speech.rtp import AudioAssembler, RtpPacket
 from ari_app.speech.vad import SpeechStarted, Utterance, UtteranceSegmenter
@@ -30,6 +32,7 @@ class Recognizer(Protocol):
         *,
         max_digits: int = 64,
         vocabulary: Vocabulary = "digits",
+        expected_digits: int | None = None,
     ) -> Recognition: ...
 
 
@@ -37,6 +40,11 @@ class SpeechTarget(Protocol):
     @property
     def expects_answer(self) -> bool:
         """A yes/no to a read-back is expected, rather than digits."""
+        ...
+
+    @property
+    def digits_missing(self) -> int | None:
+        """Digits the entry still needs when their count is exact, else None."""
         ...
 
     def deliver_speech_started(self) -> None: ...
@@ -48,9 +56,16 @@ class SpeechTarget(Protocol):
 
 class SpeechListener:
     def __init__(
-        self, target: SpeechTarget, recognizer: Recognizer, *, label: str, max_digits: int
+        self,
+        target: SpeechTarget,
+        recognizer: Recognizer,
+        *,
+        label: str,
+        max_digits: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._target = target
+        self._metrics = metrics if metrics is not None else discarded_metrics()
         self._recognizer = recognizer
         self._label = label
         self._max_digits = max_digits
@@ -77,9 +92,18 @@ class SpeechListener:
             try:
                 # Decoding is restricted to what the caller may say now: digits, or yes/no too.
                 vocabulary: Vocabulary = "confirmation" if self._target.expects_answer else "digits"
+                # An exact count lets the recogniser put back a digit Whisper dropped. Read now,
+                # it still includes the digits of an utterance delivered but not yet handled
+                # (only under a backlog); the recogniser acts only on a transcript close to it.
+                missing = self._target.digits_missing
+                started = time.perf_counter()
                 recognition = await self._recognizer.recognize(
-                    utterance.audio, max_digits=self._max_digits, vocabulary=vocabulary
+                    utterance.audio,
+                    max_digits=self._max_digits,
+                    vocabulary=vocabulary,
+                    expected_digits=missing if vocabulary == "digits" and missing else None,
                 )
+                self._metrics.speech_decoded(vocabulary, time.perf_counter() - started)
             except Exception:
                 log.exception("%s: recognition failed", self._label)
                 self._target.deliver_speech_ended(None)

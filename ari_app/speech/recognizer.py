@@ -6,30 +6,44 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
 1. **Window.** The audio gets ``padding_ms`` of silence on each side and is zero-padded to a
    ``window_s`` (15 s) encoder window, not Whisper's usual 30 s: the encoder's cost grows faster
    than linearly with the window (about 160 ms for 15 s against 690 ms for 30 s on one core), and
-   accuracy was the same. Shorter windows (10 s) make tiny.en repeat digits. Longer audio widens
-   the window up to 30 s, and audio longer than that is cut at its quietest points.
-2. **Restricted vocabulary.** Decoding may only emit numerals, digit words (zero..nine, oh, o,
-   double, triple, any case) and ``, . - ? !``; every other text token goes into
-   ``suppress_tokens`` (end-of-text stays allowed). This forces a digit choice where tiny.en would
-   otherwise return nothing for a short word. Punctuation matters: with digit tokens alone,
-   tiny.en drops digits from strings it would write as "7, 1, 0".
-3. **Beam search** (``beam_size`` 5, 3-best, no sampling, no timestamps, no previous text, no
+   accuracy on human speech was the same (on the synthetic strings, 30 s got 53 % exact against
+   48 %: not worth four times the encoder's time). Shorter windows (10 s) make tiny.en repeat
+   digits. Longer audio widens the window up to 30 s, and audio longer than that is cut at its
+   quietest points.
+2. **Restricted vocabulary.** Decoding may only emit single-digit numerals, digit words
+   (zero..nine, oh, o, double, triple, any case) and ``, . - ? !``; every other text token goes
+   into ``suppress_tokens`` (end-of-text stays allowed). This forces a digit choice where
+   tiny.en would otherwise return nothing for a short word. Punctuation matters: with digit
+   tokens alone, tiny.en drops digits from strings it would write as "7, 1, 0". Numerals are one
+   digit per token (see ``_DIGIT_TOKENS``).
+3. **Beam search** (``beam_size`` 5, 5-best, no sampling, no timestamps, no previous text, no
    prompt: a prompt listing digits makes tiny.en repeat them). When the best hypothesis has no
    digit but there is speech, the best one with digits is taken. Output length is capped from
    ``max_digits`` and the audio's duration, so a runaway repetition is bounded in time. Silence
    (no stretch above the noise floor) is not decoded at all.
+   **Exact count.** When the entry still needs exactly ``expected_digits`` digits and the
+   transcript has fewer, the best n-best hypothesis with exactly that many digits that only
+   *adds* digits to it is taken: Whisper's commonest error on a digit string is a dropped digit,
+   mostly one of a run ("five five five" written "55"), and the hypothesis that keeps it is
+   usually in the 5-best (else in a second search with twice the beam, only then). Likewise a
+   transcript with too many digits gives way to one that only *drops* some ("3 3" for "three").
+   A digit the transcript has is never changed this way, and a transcript off by more than a
+   quarter of the count is left alone (see :func:`fit_count`).
 4. **Pause check and per-segment fallback.** Whisper's errors on digit strings are mostly
    *dropped* digits, and sometimes a repetition loop. The utterance is cut at pauses
    (``min_pause_ms``; energy above both the utterance's noise floor + 6 dB and its peak - 25 dB).
    When the transcript holds fewer digits than there are spoken segments, more than
    ``max_digits``, or one digit four times in a row, each segment (cut in the middle of the
-   pauses) is decoded on its own (3-best, one batch) and :func:`combine` merges them with the
+   pauses) is decoded on its own (3-best, in batches of two) and :func:`combine` merges them with the
    whole-utterance transcript: a segment the transcript left without a digit gets its own best
    hypothesis, a runaway repetition is cut to what the segments can hold, and the transcript's
    other digits stay as they are (a single segment's guess is weaker evidence than the whole).
 
 ``text`` is the raw transcript (the combined segments' transcripts in the fallback case);
 ``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it.
+
+Memory: loading the model fixes glibc's mmap threshold (see :func:`_fix_mmap_threshold`) and
+windows are decoded at most two at a time, so RSS does not ratchet up with each decode.
 
 Concurrency: decodes run in a thread pool of ``workers`` threads (``threads`` CPU threads each).
 At most ``max_queue`` requests wait for a worker; beyond that, :meth:`DigitRecognizer.recognize`
@@ -39,11 +53,13 @@ waits for room (back-pressure: a burst costs latency, never a dropped utterance)
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import itertools
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +87,18 @@ SAMPLE_RATE = 16000
 _HOP = 160  # samples per mel frame (10 ms)
 _MAX_FRAMES = 3000  # Whisper's 30 s window
 _MAX_WINDOW_SAMPLES = _MAX_FRAMES * _HOP
+# Windows decoded together. Each one in a batch holds its own encoder activations and beams'
+# cross-attention: 10 segments in one batch peaked at 388 MB RSS, 4 at 302 MB, 2 at 258 MB
+# (the model load alone: 244 MB).
+_MAX_BATCH = 2
 
 Vocabulary = Literal["digits", "confirmation"]
 _Vocabulary = Literal["digits", "confirmation", "single_digits"]
 
+# One digit per numeral token: with multi-digit tokens allowed, tiny.en writes a spoken "seven"
+# as "10" and "one one" as "11" (synthetic strings: 40 % exact against 48 % without them).
 _DIGIT_TOKENS = (
-    r"[0-9]+|[,.?!-]|(?i:zero|one|two|three|four|five|six|seven|eight|nine|oh|o|double|triple)"
+    r"[0-9]|[,.?!-]|(?i:zero|one|two|three|four|five|six|seven|eight|nine|oh|o|double|triple)"
 )
 _SINGLE_DIGIT_TOKENS = r"[0-9]"  # the last resort for a word heard as nothing
 _CONFIRMATION_TOKENS = (
@@ -147,6 +169,7 @@ class _Decoder:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
+        _fix_mmap_threshold()
         model = settings.model or _bundled_model()
         try:
             whisper = WhisperModel(
@@ -200,8 +223,10 @@ class _Decoder:
         vocabulary: _Vocabulary,
         max_new_tokens: int,
         hypotheses: int,
+        beam_size: int | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Beam-search each window (one batch per window size); n-best (text, score) lists."""
+        """Beam-search each window (batches of at most ``_MAX_BATCH`` windows of one size);
+        n-best (text, score) lists. ``beam_size`` defaults to the setting's."""
         import ctranslate2
 
         results: list[list[tuple[str, float]]] = [[] for _ in mels]
@@ -209,8 +234,13 @@ class _Decoder:
         for index, mel in enumerate(mels):
             by_size.setdefault(mel.shape[1], []).append(index)
         max_length = min(self.max_length, len(self.prompt) + max(1, max_new_tokens))
-        beam = self.settings.beam_size
-        for indices in by_size.values():
+        beam = beam_size or self.settings.beam_size
+        batches = [
+            same[i : i + _MAX_BATCH]
+            for same in by_size.values()
+            for i in range(0, len(same), _MAX_BATCH)
+        ]
+        for indices in batches:
             batch = ctranslate2.StorageView.from_array(np.stack([mels[i] for i in indices]))
             out = self.model.generate(
                 batch,
@@ -229,6 +259,30 @@ class _Decoder:
                     for ids, score in zip(result.sequences_ids, result.scores, strict=True)
                 ]
         return results
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_MMAP_THRESHOLD = 8 * 1024 * 1024
+
+
+def _fix_mmap_threshold() -> None:
+    """Keep the process's RSS flat across decodes (glibc only; elsewhere nothing changes).
+
+    glibc serves big allocations with mmap, but raises that threshold (up to 32 MB) each time
+    such a block is freed, so CTranslate2's per-decode buffers (1-14 MB for a 15 s window: the
+    attention scores are the largest) soon come from the heap, which fragments and is not given
+    back: RSS grew to 310 MB over six two-window decodes. With the threshold fixed at 8 MB the
+    largest buffers stay mmapped and are really freed: 232 MB after the same decodes, no slower.
+    glibc's initial 128 KB kept it at 157 MB but doubled the decode time (page faults on every
+    buffer). The same as MALLOC_MMAP_THRESHOLD_=8388608 in the environment.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def _bundled_model() -> str:
@@ -367,6 +421,37 @@ def combine(
 _KEEP = 0.75  # the cost of keeping the whole transcript's digits for a segment (0 < _KEEP < 1)
 
 
+def fit_count(
+    text: str, digits: str, nbest: list[tuple[str, float]], expected: int
+) -> tuple[str, str]:
+    """The best hypothesis with exactly ``expected`` digits that only adds digits to ``digits``
+    (when it is short) or only drops some (when it is long); else the transcript as it is.
+
+    Only for a transcript off by at most a quarter of ``expected`` (at least 1): one further off
+    is a caller saying the number in several utterances ("four one five" of ten digits), whose
+    n-best may hold a runaway repetition of the right length.
+    """
+    if not _near_miss(len(digits), expected):
+        return text, digits
+    for candidate, _ in nbest:
+        found = words_to_digits(candidate).digits
+        if len(found) != expected:
+            continue
+        longer, shorter = (found, digits) if len(digits) < expected else (digits, found)
+        if _contains_in_order(longer, shorter):
+            return candidate.strip(), found
+    return text, digits
+
+
+def _near_miss(count: int, expected: int) -> bool:
+    return 0 < abs(count - expected) <= max(1, expected // 4)
+
+
+def _contains_in_order(longer: str, shorter: str) -> bool:
+    rest = iter(longer)
+    return all(digit in rest for digit in shorter)
+
+
 def _looks_wrong(digits: str, spans: list[tuple[int, int]], max_digits: int) -> bool:
     """Signs of Whisper's usual failures on a digit string, judged against the pauses."""
     if len(digits) < len(spans) or len(digits) > max_digits:
@@ -420,10 +505,13 @@ class DigitRecognizer:
         *,
         max_digits: int = 64,
         vocabulary: Vocabulary = "digits",
+        expected_digits: int | None = None,
     ) -> Recognition:
         """Recognise one utterance (float mono 16 kHz, -1..1) without blocking the event loop.
 
-        Raises :class:`ValueError` for audio that is not a finite 1-D float array; an empty array
+        ``expected_digits``: how many digits the entry still needs, when that count is exact
+        (``num_digits``); a hint against dropped digits, never a requirement. Raises
+        :class:`ValueError` for audio that is not a finite 1-D float array; an empty array
         gives an empty result. Waits (never drops) when ``max_queue`` requests are already
         waiting.
         """
@@ -442,7 +530,13 @@ class DigitRecognizer:
         self._count("queued")
         try:
             future = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run, samples, max_digits, vocabulary, submitted
+                self._executor,
+                self._run,
+                samples,
+                max_digits,
+                vocabulary,
+                expected_digits,
+                submitted,
             )
         except BaseException:
             self._count("queued", -1)
@@ -458,11 +552,12 @@ class DigitRecognizer:
         *,
         max_digits: int = 64,
         vocabulary: Vocabulary = "digits",
+        expected_digits: int | None = None,
     ) -> Recognition:
         """The same as :meth:`recognize`, in the calling thread (benchmarks, scripts)."""
         samples = _check_audio(audio)
         self._count("queued")
-        return self._run(samples, max_digits, vocabulary, time.perf_counter())
+        return self._run(samples, max_digits, vocabulary, expected_digits, time.perf_counter())
 
     def transcribe_blocking(
         self, audio: npt.NDArray[np.floating[Any]], *, max_digits: int = 64
@@ -492,6 +587,7 @@ class DigitRecognizer:
         audio: npt.NDArray[np.float32],
         max_digits: int,
         vocabulary: Vocabulary,
+        expected_digits: int | None,
         submitted: float,
     ) -> Recognition:
         started = time.perf_counter()
@@ -499,7 +595,9 @@ class DigitRecognizer:
             self._counts["queued"] -= 1
             self._counts["running"] += 1
         try:
-            text, digits, segments, fallback = self._decode(audio, max(1, max_digits), vocabulary)
+            text, digits, segments, fallback = self._decode(
+                audio, max(1, max_digits), vocabulary, expected_digits
+            )
         except Exception:
             self._count("failed")
             raise
@@ -530,14 +628,19 @@ class DigitRecognizer:
         return result
 
     def _decode(
-        self, audio: npt.NDArray[np.float32], max_digits: int, vocabulary: Vocabulary
+        self,
+        audio: npt.NDArray[np.float32],
+        max_digits: int,
+        vocabulary: Vocabulary,
+        expected_digits: int | None,
     ) -> tuple[str, str, int, bool]:
         if len(audio) == 0:
             return "", "", 0, False
         longest = _MAX_WINDOW_SAMPLES - 2 * int(SAMPLE_RATE * self.settings.padding_ms / 1000)
         if len(audio) > longest:
             parts = [
-                self._decode(chunk, max_digits, vocabulary) for chunk in _chunks(audio, longest)
+                self._decode(chunk, max_digits, vocabulary, None)
+                for chunk in _chunks(audio, longest)
             ]
             text = " ".join(p[0] for p in parts if p[0])
             return (
@@ -557,7 +660,7 @@ class DigitRecognizer:
             [decoder.mel(audio)],
             vocabulary=vocabulary,
             max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
-            hypotheses=3,
+            hypotheses=5,
         )
         # There is speech: take the best hypothesis with 1..max_digits digits; when none has,
         # a decode that may only write single digits, at most max_digits of them.
@@ -576,6 +679,24 @@ class DigitRecognizer:
             if words_to_digits(strict[0][0]).digits:
                 text = strict[0][0].strip()
                 digits = words_to_digits(text).digits
+        # Digits are added only where some were said without a pause between them (a run may
+        # have merged): a transcript with a digit for each pause-separated stretch of speech
+        # dropped none, and the digits still missing come in another utterance.
+        if (
+            vocabulary == "digits"
+            and expected_digits is not None
+            and (len(digits) > expected_digits or len(digits) > len(spans))
+        ):
+            text, digits = fit_count(text, digits, nbest, expected_digits)
+            if _near_miss(len(digits), expected_digits):  # a wider search, only then
+                (wider,) = decoder.generate(
+                    [decoder.mel(audio)],
+                    vocabulary=vocabulary,
+                    max_new_tokens=3 * budget + 8,
+                    hypotheses=2 * self.settings.beam_size,
+                    beam_size=2 * self.settings.beam_size,
+                )
+                text, digits = fit_count(text, digits, wider, expected_digits)
         if (
             vocabulary != "digits"
             or not self.settings.segment_fallback
@@ -597,7 +718,9 @@ class DigitRecognizer:
         texts = [options[i][k][1] if k >= 0 else kept for i, (k, kept) in enumerate(chosen)]
         combined = " ".join(t for t in texts if t)
         combined_digits = words_to_digits(combined).digits
-        if len(combined_digits) > max_digits >= len(digits):
+        if len(combined_digits) > max_digits >= len(digits) or (
+            len(digits) == expected_digits != len(combined_digits)
+        ):
             return text, digits, len(spans), False  # the combination made it worse
         return combined, combined_digits, len(spans), True
 

@@ -6,13 +6,14 @@ Kept in step with ``migrations/versions``; ``tests/test_migrations.py`` runs
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -84,8 +85,9 @@ class Entry(Base):
 
     __table_args__ = (
         # (started_at, status, label, first_digit_ms): time ranges newest first, and the
-        # aggregates over a range (counts by status and label, median time to first digit)
-        # from the index alone (migrations 0002, 0003).
+        # aggregates of the days a stats query scans (counts by status and label, histogram
+        # of first_digit_ms) from the index alone (migrations 0002, 0003). The median's
+        # exact values come from ix_entries_first_digit_ms_started_at below.
         Index(
             "ix_entries_started_at_status_label_first_digit_ms",
             "started_at",
@@ -100,6 +102,9 @@ class Entry(Base):
         Index("ix_entries_label_started_at", "label", "started_at"),
         Index("ix_entries_caller_number_started_at", "caller_number", "started_at"),
         Index("ix_entries_channel_id", "channel_id"),
+        # The exact median time to first digit: the values of one histogram bucket in a
+        # range (migration 0004, ari_app.store.daily_stats).
+        Index("ix_entries_first_digit_ms_started_at", "first_digit_ms", "started_at"),
     )
 
 
@@ -130,5 +135,22 @@ class EntryEvent(Base):
     entry: Mapped[Entry] = relationship(back_populates="events")
 
 
+class EntryDailyStats(Base):
+    """Aggregates of one frozen UTC day of entries, cached by ``ari_app.store.daily_stats``.
+
+    Only days that can no longer change are stored; triggers on ``entries`` delete a day's
+    row when one of its entries is inserted, updated or deleted anyway (migration 0004).
+    """
+
+    __tablename__ = "entry_daily_stats"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # [[status, label, entries], ...]: one item per (status, label) present that day.
+    counts: Mapped[list[Any]] = mapped_column(JSON)
+    # [[bucket, entries], ...]: entries with a first digit, by first_digit_ms bucket.
+    first_digit_buckets: Mapped[list[Any]] = mapped_column(JSON)
+
+
 entries_table: Final = cast(Table, Entry.__table__)
 entry_events_table: Final = cast(Table, EntryEvent.__table__)
+entry_daily_stats_table: Final = cast(Table, EntryDailyStats.__table__)

@@ -11,7 +11,8 @@ same tables the call tasks write, through the :class:`~ari_app.store.Store`'s en
 - Time ranges are half-open, ``started_from <= started_at < started_to``, in UTC.
 - Aggregates: counts by status and by label, completion rate (``completed`` over finished
   entries, i.e. every status but ``in_progress``) and the median time from the start of an
-  entry to its first digit (``entry_events`` of kind ``digit``, smallest ``at_ms``).
+  entry to its first digit (``entry_events`` of kind ``digit``, smallest ``at_ms``; stored
+  as ``entries.first_digit_ms``). Whole past days are cached (``ari_app.store.daily_stats``).
 
 Bad input raises :class:`QueryError` (a ValueError) naming the offending parameter, so an
 interface can report it (HTTP 400, CLI usage error).
@@ -21,13 +22,27 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .daily_stats import (
+    Aggregates,
+    StaleDailyStatsError,
+    aggregate_range,
+    first_digit_bucket,
+    first_digit_bucket_values,
+    forget_daily_stats,
+    save_daily_stats,
+    started_within,
+)
 from .models import entries_table
 from .records import (
     CONFIRMED_VALUES,
@@ -67,6 +82,8 @@ _CURSOR_VERSION: Final = "1"
 _CURSOR_SHAPE: Final = re.compile(r"1:(-?\d{1,19}):(\d{1,19})")
 # A "+HH:MM" offset whose "+" a query string decoded as a space: "...T12:00:00 02:00".
 _SPACE_OFFSET: Final = re.compile(r"(?<=\d) (?=\d\d(:?\d\d)?$)")
+
+log = logging.getLogger(__name__)
 
 
 class QueryError(ValueError):
@@ -182,7 +199,7 @@ class EntryFilter:
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The WHERE conditions over ``entries`` (used by listing and aggregates)."""
-        found = _range_conditions(self.started_from, self.started_to)
+        found = started_within(self.started_from, self.started_to)
         if self.status is not None:
             found.append(_E.status == self.status)
         if self.label is not None:
@@ -196,17 +213,6 @@ class EntryFilter:
         if self.confirmed is not None:
             found.append(_E.confirmed == self.confirmed)
         return found
-
-
-def _range_conditions(
-    started_from: datetime | None, started_to: datetime | None
-) -> list[ColumnElement[bool]]:
-    found: list[ColumnElement[bool]] = []
-    if started_from is not None:
-        found.append(_E.started_at >= started_from)
-    if started_to is not None:
-        found.append(_E.started_at < started_to)
-    return found
 
 
 @dataclass(frozen=True)
@@ -327,53 +333,33 @@ async def entry_stats(
     started_from: datetime | None = None,
     started_to: datetime | None = None,
 ) -> EntryStats:
-    """Counts by status and label, completion rate and median time to first digit."""
+    """Counts by status and label, completion rate and median time to first digit.
+
+    Whole frozen days come from ``entry_daily_stats`` and the rest of the range from the
+    entries (``ari_app.store.daily_stats``); frozen days not cached yet are computed from
+    the entries and stored for the next query. The median is exact: the cached histograms
+    locate the bucket holding it, and its values are read from the entries. Cached days
+    that contradict the entries (StaleDailyStatsError: see migration 0004) are forgotten
+    and the range computed again.
+    """
     started_from = _utc("from", started_from)
     started_to = _utc("to", started_to)
     _check_range(started_from, started_to)
-    in_range = _range_conditions(started_from, started_to)
-    # One scan for both breakdowns: (status, label) pairs are few (labels name fields).
-    counts = (
-        select(_E.status, _E.label, func.count().label("n"))
-        .where(*in_range)
-        .group_by(_E.status, _E.label)
-    )
-    first_ms = _E.first_digit_ms
-    with_digits = [*in_range, first_ms.is_not(None)]
-    is_postgres = store.engine.dialect.name == "postgresql"
-    if is_postgres:
-        median = select(func.count(), func.percentile_cont(0.5).within_group(first_ms.asc())).where(
-            *with_digits
+    try:
+        totals, median_ms = await _aggregates(store, started_from, started_to)
+    except StaleDailyStatsError as exc:
+        forgotten = await forget_daily_stats(store, started_from, started_to)
+        log.warning(
+            "%s: forgot the %d cached days of the range, computing it again", exc, forgotten
         )
-    else:
-        # Portable median: rank the values; the middle one (odd n) or the two middle ones
-        # (even n) are the ranks r with n <= 2r <= n + 2.
-        ranked = (
-            select(
-                first_ms.label("first_ms"),
-                func.row_number().over(order_by=first_ms).label("r"),
-                func.count().over().label("n"),
-            )
-            .where(*with_digits)
-            .subquery("ranked")
-        )
-        median = select(
-            func.max(ranked.c.n),
-            func.avg(ranked.c.first_ms),
-        ).where(ranked.c.r * 2 >= ranked.c.n, ranked.c.r * 2 <= ranked.c.n + 2)
-    async with store.engine.connect() as conn:
-        if is_postgres:
-            # Both statements see the same snapshot.
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        pairs = (await conn.execute(counts)).all()
-        digit_entries, median_ms = (await conn.execute(median)).one()
+        totals, median_ms = await _aggregates(store, started_from, started_to)
 
     # Every known status, zeros included (and any status a newer version wrote).
     by_status = dict.fromkeys(sorted(ENTRY_STATUSES), 0)
     labels: dict[str | None, int] = {}
-    for status, label, n in pairs:
-        by_status[status] = by_status.get(status, 0) + int(n)
-        labels[label] = labels.get(label, 0) + int(n)
+    for (status, label), n in totals.by_status_label.items():
+        by_status[status] = by_status.get(status, 0) + n
+        labels[label] = labels.get(label, 0) + n
     total = sum(by_status.values())
     finished = total - by_status[STATUS_IN_PROGRESS]
     completed = by_status["completed"]
@@ -386,6 +372,64 @@ async def entry_stats(
         finished=finished,
         completed=completed,
         completion_rate=completed / finished if finished else None,
-        entries_with_digits=int(digit_entries or 0),
-        median_first_digit_ms=None if median_ms is None else float(median_ms),
+        entries_with_digits=sum(totals.first_digit_buckets.values()),
+        median_first_digit_ms=median_ms,
     )
+
+
+async def _aggregates(
+    store: Store, started_from: datetime | None, started_to: datetime | None
+) -> tuple[Aggregates, float | None]:
+    """The range's aggregates and median, and its new frozen days cached, all in one
+    snapshot: cached days, scanned days and the median's values agree while entries are
+    written, and no day is cached from entries that changed since they were read."""
+    async with store.read_snapshot() as conn:
+        totals, fresh = await aggregate_range(conn, started_from, started_to, datetime.now(UTC))
+        median_ms = await _median_first_digit_ms(
+            conn, totals.first_digit_buckets, started_within(started_from, started_to)
+        )
+        if fresh:
+            await save_daily_stats(store, conn, fresh)
+    return totals, median_ms
+
+
+async def _median_first_digit_ms(
+    conn: AsyncConnection, buckets: Counter[int], in_range: list[ColumnElement[bool]]
+) -> float | None:
+    """The exact median of ``first_digit_ms`` in the range, given its bucket counts: the
+    middle value (odd count) or the mean of the two middle values (even count)."""
+    total = sum(buckets.values())
+    if not total:
+        return None
+    middle_ranks = [(total - 1) // 2, total // 2]  # 0-based; the same rank twice when odd
+    located: list[tuple[int, int]] = []  # (bucket, rank among the bucket's values)
+    below = 0
+    for bucket in sorted(buckets):
+        n = buckets[bucket]
+        located += [(bucket, rank - below) for rank in middle_ranks if below <= rank < below + n]
+        below += n
+    first_ms = _E.first_digit_ms
+    values = sorted({ms for bucket, _ in located for ms in first_digit_bucket_values(bucket)})
+    exact = [
+        (int(ms), int(n))
+        for ms, n in await conn.execute(
+            select(first_ms, func.count())
+            .where(*in_range, first_ms.in_(values))
+            .group_by(first_ms)
+            .order_by(first_ms)
+        )
+    ]
+    middle = [_nth_in_bucket(exact, bucket, rank) for bucket, rank in located]
+    return (middle[0] + middle[1]) / 2
+
+
+def _nth_in_bucket(exact: Sequence[tuple[int, int]], bucket: int, rank: int) -> int:
+    """The value of 0-based ``rank`` among the values of ``bucket``; ``exact`` holds
+    (value, count) in ascending order."""
+    for value, n in exact:
+        if first_digit_bucket(value) != bucket:
+            continue
+        if rank < n:
+            return value
+        rank -= n
+    raise StaleDailyStatsError()

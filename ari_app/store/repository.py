@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -11,7 +12,10 @@ from typing import Any, Final, Self
 
 from sqlalchemy import ColumnElement, bindparam, event, insert, select, text, update
 from sqlalchemy.engine import URL, RowMapping, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ari_app.metrics import Metrics
 
 from .models import entries_table, entry_events_table
 from .records import (
@@ -30,7 +34,9 @@ from .records import (
 __all__ = [
     "EntryAlreadyFinishedError",
     "EntryNotFoundError",
+    "SnapshotWriteConflictError",
     "Store",
+    "from_db_datetime",
     "normalize_url",
 ]
 
@@ -80,6 +86,11 @@ class EntryNotFoundError(LookupError):
 
 class EntryAlreadyFinishedError(RuntimeError):
     """``finish_entry`` was called for an entry that is no longer ``in_progress``."""
+
+
+class SnapshotWriteConflictError(RuntimeError):
+    """A write in a :meth:`Store.read_snapshot` was not committed: the database may have
+    changed since the snapshot (see :meth:`Store.write_in_snapshot`)."""
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -146,11 +157,21 @@ def _aware_utc(name: str, value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _from_db_datetime(value: datetime) -> datetime:
+def from_db_datetime(value: datetime) -> datetime:
+    """A timestamp read from the database, as an aware UTC datetime."""
     # SQLite has no time zone storage: values were written as UTC and come back naive.
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _is_write_conflict(exc: DBAPIError) -> bool:
+    """SQLITE_BUSY with its extended codes (SQLITE_BUSY_SNAPSHOT = 517), or PostgreSQL's
+    serialization_failure."""
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return bool(sqlite_code & 0xFF == sqlite3.SQLITE_BUSY)
+    return getattr(exc.orig, "sqlstate", None) == "40001"
 
 
 def _check_choice(name: str, value: str | None, allowed: Iterable[str]) -> None:
@@ -171,7 +192,7 @@ def _entry_from_row(row: RowMapping, events: tuple[StoredEvent, ...] = ()) -> St
         parameters=dict(row[_E.parameters] or {}),
         transport=row[_E.transport],
         asterisk_id=row[_E.asterisk_id],
-        started_at=_from_db_datetime(row[_E.started_at]),
+        started_at=from_db_datetime(row[_E.started_at]),
         sensitive=bool(row[_E.sensitive]),
         status=row[_E.status],
         user_input=row[_E.user_input],
@@ -180,7 +201,7 @@ def _entry_from_row(row: RowMapping, events: tuple[StoredEvent, ...] = ()) -> St
         attempts=int(row[_E.attempts]),
         confirmed=row[_E.confirmed],
         error=row[_E.error],
-        ended_at=None if ended_at is None else _from_db_datetime(ended_at),
+        ended_at=None if ended_at is None else from_db_datetime(ended_at),
         events=events,
     )
 
@@ -282,8 +303,9 @@ class Store:
     event loop.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, metrics: Metrics | None = None) -> None:
         self._engine = engine
+        self._metrics = metrics if metrics is not None else Metrics()
         self._is_sqlite = engine.dialect.name == "sqlite"
         # SQLite allows a single writer per database file. With many calls finishing at
         # once, concurrent write transactions from our own pool would queue inside SQLite
@@ -297,10 +319,10 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
+    def from_url(cls, url: str, *, metrics: Metrics | None = None) -> Store:
         """``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``; plain
         ``sqlite:///path`` / ``postgresql://...`` are upgraded to the async drivers."""
-        return cls(create_engine_for_url(url))
+        return cls(create_engine_for_url(url), metrics=metrics)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -318,13 +340,70 @@ class Store:
         await self.close()
 
     @contextlib.asynccontextmanager
-    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self._engine.begin() as conn:
-                yield conn
-        else:
-            async with self._write_lock, self._engine.begin() as conn:
-                yield conn
+    async def write_transaction(self, operation: str) -> AsyncIterator[AsyncConnection]:
+        """Every write goes through here (or :meth:`write_in_snapshot`): timed (without
+        the wait for the SQLite lock) and counted as a database error when it fails, under
+        ``operation`` (see ``ari_app.metrics.DB_OPERATIONS``)."""
+        async with self._write_lock or contextlib.nullcontext():
+            with self._metrics.db_write(operation):
+                async with self._engine.begin() as conn:
+                    yield conn
+
+    @contextlib.asynccontextmanager
+    async def read_snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements all read one snapshot, and that
+        :meth:`write_in_snapshot` can then write in; rolled back unless that commits.
+        SERIALIZABLE on PostgreSQL (REPEATABLE READ would not fail a write whose reads a
+        concurrent transaction changed); a deferred ``BEGIN`` on SQLite, since pysqlite
+        begins a transaction only before a write and each SELECT would read the latest
+        commit."""
+        async with self._engine.connect() as conn:
+            if self._is_sqlite:
+                await conn.exec_driver_sql("BEGIN")
+            else:
+                await conn.execution_options(isolation_level="SERIALIZABLE")
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def write_in_snapshot(self, conn: AsyncConnection, operation: str) -> AsyncIterator[None]:
+        """Write in ``conn`` (from :meth:`read_snapshot`) and commit, as one of the store's
+        writes (timed and counted under ``operation``, like :meth:`write_transaction`).
+
+        Raises SnapshotWriteConflictError, and writes nothing, when what the snapshot read
+        may have changed since: on SQLite, when anything committed since the snapshot
+        (SQLITE_BUSY_SNAPSHOT) or another connection is writing (SQLITE_BUSY: SQLite does
+        not wait to upgrade a read transaction); on PostgreSQL, when a concurrent
+        SERIALIZABLE transaction wrote what it read (a READ COMMITTED one goes unseen).
+
+        On SQLite the write lock is taken only if it is free at once. Waiting for it here
+        would hold a pooled connection while queued writers, which take the lock before a
+        connection, may need one; and whoever holds the lock commits after this snapshot,
+        so the write would fail anyway. The lock is held for the write only, not the reads.
+        A conflict is timed but not counted as a database error: it is the expected outcome
+        of writing optimistically, not a fault.
+        """
+        if self._write_lock is not None:
+            try:
+                # Fails only where acquire() would wait (locked, or handed to a waiter).
+                async with asyncio.timeout(0):
+                    await self._write_lock.acquire()
+            except TimeoutError:
+                raise SnapshotWriteConflictError("another write is in progress") from None
+        conflict: DBAPIError | None = None
+        try:
+            with self._metrics.db_write(operation):
+                try:
+                    yield
+                    await conn.commit()
+                except DBAPIError as exc:
+                    if not _is_write_conflict(exc):
+                        raise
+                    conflict = exc
+        finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
+        if conflict is not None:
+            raise SnapshotWriteConflictError(str(conflict.orig)) from conflict
 
     async def start_entry(self, start: EntryStart) -> int:
         """Insert a new ``in_progress`` entry and return its id."""
@@ -349,7 +428,7 @@ class Store:
             )
             .returning(_E.id)
         )
-        async with self._write_transaction() as conn:
+        async with self.write_transaction("start_entry") as conn:
             entry_id = (await conn.execute(stmt)).scalar_one()
         return int(entry_id)
 
@@ -401,7 +480,7 @@ class Store:
         current = select(_E.id, _E.status, _E.sensitive).where(_E.id.in_(ids))
         if not self._is_sqlite:
             current = current.with_for_update()  # SQLite writers are serialised by our lock
-        async with self._write_transaction() as conn:
+        async with self.write_transaction("finish_entries") as conn:
             found = {row.id: row for row in (await conn.execute(current)).all()}
             updates: list[dict[str, object]] = []
             events: list[dict[str, object]] = []
@@ -446,7 +525,7 @@ class Store:
         )
         if before is not None:
             stmt = stmt.where(_E.started_at < _aware_utc("before", before))
-        async with self._write_transaction() as conn:
+        async with self.write_transaction("mark_stale") as conn:
             result = await conn.execute(stmt)
         return int(result.rowcount)
 

@@ -1,0 +1,260 @@
+"""Prometheus metrics: every metric the service exposes on ``/metrics``, in one place.
+
+One :class:`Metrics` per service instance, holding its own ``CollectorRegistry`` (never
+prometheus-client's global default one), so that tests and several applications in one process
+stay independent. It is created by :func:`ari_app.server.running_service` and passed down
+explicitly, like the settings and the store; a component built without one (a test, the CLI's
+store) records into a private instance that nobody scrapes.
+
+Where each metric is observed (one place each):
+
+- entries, digits, time to first digit, entry duration, event handling latency:
+  :class:`ari_app.call.CallSession` (both transports);
+- ARI connection state and reconnects: :meth:`ari_app.ari.app.AriApplication.run`;
+- speech decode latency: :class:`ari_app.speech.listener.SpeechListener`, around the
+  recogniser call; the recogniser's own counters are read at scrape time
+  (:meth:`Metrics.watch_recognizer`);
+- database write latency and errors: the store's write transaction
+  (:class:`ari_app.store.repository.Store`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ari_app.engine import Result, Source, Status
+
+if TYPE_CHECKING:
+    # Only the type: importing the recogniser module at run time would load numpy into every
+    # process that touches the store (the CLI included).
+    from ari_app.speech.recognizer import RecognizerStats
+
+__all__ = ["DB_OPERATIONS", "Metrics", "discarded_metrics"]
+
+PREFIX: Final = "ari_digits"
+# The store's write transactions, as labelled on the database metrics.
+DB_OPERATIONS: Final = (
+    "start_entry",
+    "finish_entries",
+    "mark_stale",
+    "cache_daily_stats",
+    "forget_daily_stats",
+)
+
+# Callers take seconds to key the first digit; an entry lasts up to max_duration per attempt.
+FIRST_DIGIT_BUCKETS: Final = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 30.0, 60.0)
+ENTRY_BUCKETS: Final = (1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0)
+# Event handling is a queue hop inside the event loop: anything past a few ms is a loaded loop.
+EVENT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+# Decoding one utterance on the CPU takes a few hundred ms; past a second callers notice.
+DECODE_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+DB_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The service's metrics and the one registry they live in."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._entries_started = Counter(
+            f"{PREFIX}_entries_started_total",
+            "Entries started (one per Stasis() or AGI() collection).",
+            ["transport"],
+            registry=registry,
+        )
+        self._entries_finished = Counter(
+            f"{PREFIX}_entries_finished_total",
+            "Entries finished, by final status (hangup and interrupted included).",
+            ["transport", "status"],
+            registry=registry,
+        )
+        self._digits = Counter(
+            f"{PREFIX}_digits_total",
+            "Digits collected, by how the caller gave them (counted when the entry ends).",
+            ["source"],
+            registry=registry,
+        )
+        self._first_digit = Histogram(
+            f"{PREFIX}_time_to_first_digit_seconds",
+            "From the entry's start to its first digit, for entries with a digit.",
+            ["transport"],
+            buckets=FIRST_DIGIT_BUCKETS,
+            registry=registry,
+        )
+        self._entry_duration = Histogram(
+            f"{PREFIX}_entry_duration_seconds",
+            "From the entry's start to its result (before storing it).",
+            ["transport"],
+            buckets=ENTRY_BUCKETS,
+            registry=registry,
+        )
+        self._event_handling = Histogram(
+            f"{PREFIX}_event_handling_seconds",
+            "From a channel event's arrival at the adapter (ARI: in dispatch) to the call task "
+            "having handled it (keys, prompt ends, hangups).",
+            ["transport"],
+            buckets=EVENT_BUCKETS,
+            registry=registry,
+        )
+        self._ari_connected = Gauge(
+            f"{PREFIX}_ari_connected",
+            "1 while the ARI event websocket is connected, else 0.",
+            registry=registry,
+        )
+        self._ari_reconnects = Counter(
+            f"{PREFIX}_ari_reconnects_total",
+            "Successful reconnections to ARI after a lost connection.",
+            registry=registry,
+        )
+        self._speech_decode = Histogram(
+            f"{PREFIX}_speech_decode_seconds",
+            "One utterance through the recogniser: waiting for a worker plus decoding.",
+            ["vocabulary"],
+            buckets=DECODE_BUCKETS,
+            registry=registry,
+        )
+        self._db_write = Histogram(
+            f"{PREFIX}_db_write_seconds",
+            "One database write transaction, from its start to its commit.",
+            ["operation"],
+            buckets=DB_BUCKETS,
+            registry=registry,
+        )
+        self._db_errors = Counter(
+            f"{PREFIX}_db_write_errors_total",
+            "Database write transactions that failed.",
+            ["operation"],
+            registry=registry,
+        )
+        # Every expected series exists from the start (at 0), so rate() and absent() queries
+        # work before the first call.
+        # Imported here: the store package imports this module (its write metrics).
+        from ari_app.store.records import TRANSPORTS
+
+        for transport in sorted(TRANSPORTS):
+            self._entries_started.labels(transport)
+            self._first_digit.labels(transport)
+            self._entry_duration.labels(transport)
+            self._event_handling.labels(transport)
+            for status in Status:
+                self._entries_finished.labels(transport, status.value)
+        for source in Source:
+            self._digits.labels(source.value)
+        for operation in DB_OPERATIONS:
+            self._db_write.labels(operation)
+            self._db_errors.labels(operation)
+        self._ari_connected.set(0)
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def entry_started(self, transport: str) -> None:
+        self._entries_started.labels(transport).inc()
+
+    def entry_finished(self, transport: str, result: Result, duration_s: float) -> None:
+        self._entries_finished.labels(transport, result.status.value).inc()
+        self._entry_duration.labels(transport).observe(duration_s)
+        for record in result.digits:
+            self._digits.labels(record.source.value).inc()
+        if result.digits:
+            self._first_digit.labels(transport).observe(result.digits[0].at_ms / 1000)
+
+    def event_handled(self, transport: str, latency_s: float) -> None:
+        self._event_handling.labels(transport).observe(latency_s)
+
+    # --- ARI ------------------------------------------------------------------------------
+
+    def ari_connection(self, *, connected: bool) -> None:
+        self._ari_connected.set(1 if connected else 0)
+
+    def ari_reconnected(self) -> None:
+        self._ari_reconnects.inc()
+
+    # --- speech ---------------------------------------------------------------------------
+
+    def speech_decoded(self, vocabulary: str, seconds: float) -> None:
+        self._speech_decode.labels(vocabulary).observe(seconds)
+
+    def watch_recognizer(self, read_stats: Callable[[], RecognizerStats]) -> None:
+        """Expose the recogniser's own counters, read at each scrape."""
+        self.registry.register(_RecognizerCollector(read_stats))
+
+    # --- database -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def db_write(self, operation: str) -> Iterator[None]:
+        """Time one write transaction; count it as an error if it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:  # not a cancellation: that is no fault of the database
+            self._db_errors.labels(operation).inc()
+            raise
+        finally:
+            self._db_write.labels(operation).observe(time.perf_counter() - started)
+
+    # --- exposition -----------------------------------------------------------------------
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The scrape body and its content type, negotiated from the ``Accept`` header
+        (Prometheus text format unless OpenMetrics is asked for)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
+
+
+class _RecognizerCollector(Collector):
+    """The recogniser keeps its own counters (behind real time, fallbacks, ...) under its lock;
+    reading them at scrape time keeps the recogniser free of any metrics code."""
+
+    def __init__(self, read_stats: Callable[[], RecognizerStats]) -> None:
+        self._read_stats = read_stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._read_stats()
+        counters = (
+            ("decodes", "Utterances recognised.", stats.decoded),
+            (
+                "fallback_decodes",
+                "Utterances decoded again segment by segment (the whole looked wrong).",
+                stats.fallbacks,
+            ),
+            (
+                "behind_realtime_decodes",
+                "Decodes slower than the audio, or that waited too long for a worker.",
+                stats.behind_realtime,
+            ),
+            (
+                "queue_full_waits",
+                "Utterances that found the decode queue full and waited to enter it.",
+                stats.waited_for_room,
+            ),
+            ("failed_decodes", "Decodes that raised.", stats.failed),
+        )
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(f"{PREFIX}_speech_{name}_total", documentation, value=value)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_speech_queued_decodes",
+            "Utterances waiting for a decode worker now.",
+            value=stats.queued_now,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_speech_running_decodes",
+            "Decodes in progress now.",
+            value=stats.running_now,
+        )
+
+
+@functools.cache
+def discarded_metrics() -> Metrics:
+    """Where a per-call component built without the service's metrics records (unit tests,
+    tools): one shared instance nobody scrapes, not a new registry for every call."""
+    return Metrics()
