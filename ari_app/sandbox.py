@@ -707,6 +707,11 @@ class AsteriskSandbox:
             self._proc.poll()
         return bool(self._server_pids())
 
+    @property
+    def launched_here(self) -> bool:
+        """Whether the running Asterisk is this object's child (started by this process)."""
+        return self._proc is not None and self._proc.poll() is None
+
     def pid(self) -> int | None:
         pids = self._server_pids()
         return pids[0] if pids else None

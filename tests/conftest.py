@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 def asterisk() -> Iterator[AsteriskSandbox]:
     """The real Asterisk 22 sandbox, started once per test run. Never skipped.
 
-    Stopped at the end only if this run started it: a sandbox someone else started (the demo
-    with --keep-asterisk, another test run) is left alone.
+    Stopped at the end if this run started it (at first, or again after a test killed or
+    restarted it): a sandbox someone else started and nobody replaced is left alone.
     """
     sandbox = AsteriskSandbox(REPO / "asterisk_conf")
     was_running = sandbox.is_running()
@@ -33,7 +33,7 @@ def asterisk() -> Iterator[AsteriskSandbox]:
     except SandboxError as exc:
         pytest.fail(f"the Asterisk sandbox is required and could not start: {exc}")
     yield sandbox
-    if not was_running:
+    if not was_running or sandbox.launched_here:
         sandbox.stop()
 
 
