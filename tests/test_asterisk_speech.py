@@ -28,7 +28,9 @@ PHRASES = {
     "pin_double": "double five, one, two",
     "three_four": "three four",
     "yes": "yes",
-    "seven_seven": "seven seven",
+    # Not "seven seven": tiny.en sometimes hears espeak's "seven" as 1, 8 or 10 (see the
+    # accuracy benchmark), and this test is about barge-in, not about that weakness.
+    "four_two": "four two",
     "one_two": "one two",
 }
 
@@ -119,7 +121,7 @@ async def test_speech_barges_into_a_long_prompt(
     speech_service: Service, voices: dict[str, str]
 ) -> None:
     call = await speech_service.callers.place_call(
-        "num_digits=2,prompt=sound:demo-congrats", f"wait:1^play:{voices['seven_seven']}^wait:5"
+        "num_digits=2,prompt=sound:demo-congrats", f"wait:1^play:{voices['four_two']}^wait:5"
     )
     prompt = f"{call.channel_id}-p1"
     deadline = time.monotonic() + 5
@@ -128,8 +130,9 @@ async def test_speech_barges_into_a_long_prompt(
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.0)  # the caller started talking about a second ago
     assert not await speech_service.callers.playback_exists(prompt), "the prompt is still playing"
-    result = await speech_service.callers.dialplan_result(call, within=30)
-    assert (result.status, result.digits) == ("completed", "77")
+    entry = await stored_entry(speech_service.store, call.channel_id, within=30)
+    utterances = [event.detail for event in entry.events if event.kind == "utterance"]
+    assert (entry.status, entry.user_input) == ("completed", "42"), utterances
 
 
 async def test_hangup_tears_the_speech_tap_down(
