@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ari_app.store import EntryOutcome, EntryStart, Store, normalize_url, queries
@@ -1005,3 +1006,33 @@ async def test_postgres_plans_use_indexes(migrated_pg_url: str) -> None:
                     )
                     assert "Seq Scan on entries" not in plan, f"{title}\n{plan}"
         await clear(store)
+
+
+class SerializationFailure(Exception):
+    """What asyncpg's error carries when PostgreSQL aborts a SERIALIZABLE transaction."""
+
+    sqlstate = "40001"
+
+
+async def test_an_aborted_snapshot_is_read_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL may abort the stats snapshot (40001) when concurrent queries cache the same
+    days; the query reads it again instead of failing. Any other database error is raised."""
+    rows = [Row(60, "completed", "pin", 1000), Row(1500, "hangup", None, 300)]
+    await insert_rows(store, rows)
+    aggregate = queries.aggregate_range
+    failures = [DBAPIError("SELECT", {}, SerializationFailure())]
+
+    async def aborted_once(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await aggregate(*args)
+
+    monkeypatch.setattr(queries, "aggregate_range", aborted_once)
+    assert_stats_are(await entry_stats(store), rows)
+    assert failures == []
+
+    failures.append(DBAPIError("SELECT", {}, OSError("connection reset")))
+    with pytest.raises(DBAPIError, match="connection reset"):
+        await entry_stats(store)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .daily_stats import (
@@ -84,6 +85,8 @@ _CURSOR_SHAPE: Final = re.compile(r"1:(-?\d{1,19}):(\d{1,19})")
 _SPACE_OFFSET: Final = re.compile(r"(?<=\d) (?=\d\d(:?\d\d)?$)")
 
 log = logging.getLogger(__name__)
+
+SERIALIZATION_ATTEMPTS: Final = 3
 
 
 class QueryError(ValueError):
@@ -346,13 +349,13 @@ async def entry_stats(
     started_to = _utc("to", started_to)
     _check_range(started_from, started_to)
     try:
-        totals, median_ms = await _aggregates(store, started_from, started_to)
+        totals, median_ms = await _aggregates_retrying(store, started_from, started_to)
     except StaleDailyStatsError as exc:
         forgotten = await forget_daily_stats(store, started_from, started_to)
         log.warning(
             "%s: forgot the %d cached days of the range, computing it again", exc, forgotten
         )
-        totals, median_ms = await _aggregates(store, started_from, started_to)
+        totals, median_ms = await _aggregates_retrying(store, started_from, started_to)
 
     # Every known status, zeros included (and any status a newer version wrote).
     by_status = dict.fromkeys(sorted(ENTRY_STATUSES), 0)
@@ -375,6 +378,23 @@ async def entry_stats(
         entries_with_digits=sum(totals.first_digit_buckets.values()),
         median_first_digit_ms=median_ms,
     )
+
+
+async def _aggregates_retrying(
+    store: Store, started_from: datetime | None, started_to: datetime | None
+) -> tuple[Aggregates, float | None]:
+    """:func:`_aggregates`, run again when PostgreSQL aborts its SERIALIZABLE snapshot
+    (SQLSTATE 40001: possible, rarely, when several stats queries cache the same days at
+    once). Nothing was written by the aborted try, so running it again is safe."""
+    attempt = 1
+    while True:
+        try:
+            return await _aggregates(store, started_from, started_to)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "40001" or attempt >= SERIALIZATION_ATTEMPTS:
+                raise
+            attempt += 1
+            log.info("stats: the snapshot was aborted by a concurrent query; reading it again")
 
 
 async def _aggregates(
