@@ -50,6 +50,7 @@ from ari_app.speech.recognizer import (
     DigitRecognizer,
     Recognition,
     RecognizerSettings,
+    edit_distance,
 )
 from ari_app.speech.vad import Utterance, UtteranceSegmenter
 
@@ -280,15 +281,6 @@ def human_strings(directory: Path, count: int = 80, seed: int = 1234) -> list[Cl
 
 
 # --- scoring ---------------------------------------------------------------------------------
-
-
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
 
 
 @dataclass

@@ -353,7 +353,8 @@ def _chunks(audio: npt.NDArray[np.float32], longest: int) -> list[npt.NDArray[np
 # --- combining hypotheses ------------------------------------------------------------------
 
 
-def _edit_distance(a: str, b: str) -> int:
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions cost 1 each."""
     row = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         previous, row[0] = row[0], i
@@ -406,7 +407,7 @@ def combine(
         for index, digits, loss in options[segment]:
             for end in range(position, length + 1):
                 rest_cost, rest = best(segment + 1, end)
-                cost = _edit_distance(digits, whole[position:end]) + loss + rest_cost
+                cost = edit_distance(digits, whole[position:end]) + loss + rest_cost
                 if cost < found[0]:
                     found = (cost, ((index, digits), *rest))
         for end in range(position + 1, min(length, position + capacity[segment]) + 1):
