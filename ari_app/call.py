@@ -189,9 +189,17 @@ class CallSession:
         self._inbox.put_nowait(SpeechStarted(self._clock()))
 
     def deliver_speech_ended(
-        self, transcript: str | None, digits: str = "", answer: bool | None = None
+        self,
+        transcript: str | None,
+        digits: str = "",
+        answer: bool | None = None,
+        *,
+        confidences: tuple[float, ...] = (),
+        rejected: str | None = None,
     ) -> None:
-        self._inbox.put_nowait(SpeechEnded(self._clock(), transcript, digits, answer))
+        self._inbox.put_nowait(
+            SpeechEnded(self._clock(), transcript, digits, answer, confidences, rejected)
+        )
 
     def deliver_hangup(self) -> None:
         self._hung_up = True
@@ -341,6 +349,7 @@ class CallSession:
                 source=record.source.value,
                 duration_ms=record.duration_ms,
                 detail=None,
+                confidence=record.confidence,
             )
             for record in result.digits
         ] + [
@@ -352,6 +361,7 @@ class CallSession:
                 source=None,
                 duration_ms=None,
                 detail=step.detail,
+                rejected=step.rejected,
             )
             for step in result.steps
         ]

@@ -284,6 +284,11 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _confidence(value: object) -> str:
+    """A voice digit's confidence, 0..1, to two places (``0.93``); ``-`` when none."""
+    return f"{value:.2f}" if isinstance(value, float | int) else "-"
+
+
 ENTRY_FIELDS: Final = (
     ("id", "id"),
     ("started", "started_at"),
@@ -313,7 +318,18 @@ def format_entry(body: dict[str, object]) -> str:
     ).split("\n", 1)[1]
     events = body.get("events")
     assert isinstance(events, list)
-    columns = ("seq", "at (ms)", "try", "kind", "digit", "source", "duration (ms)", "detail")
+    columns = (
+        "seq",
+        "at (ms)",
+        "try",
+        "kind",
+        "digit",
+        "source",
+        "conf",
+        "duration (ms)",
+        "rejected",
+        "detail",
+    )
     rows = [
         (
             str(ev["seq"]),
@@ -322,7 +338,9 @@ def format_entry(body: dict[str, object]) -> str:
             str(ev["kind"]),
             _text(ev["digit"]),
             _text(ev["source"]),
+            _confidence(ev["confidence"]),
             _text(ev["duration_ms"]),
+            _text(ev["rejected"]),
             _text(ev["detail"]),
         )
         for ev in events

@@ -84,6 +84,7 @@ class Digit:
     at: float
     source: Source = Source.KEY
     duration_ms: int | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,17 @@ class SpeechEnded:
     """An utterance was recognised (or discarded: ``transcript`` is None).
 
     ``digits`` and ``answer`` (yes/no to a read-back) are what the words mean; the adapter
-    decides that, the engine only applies the rules.
+    decides that, the engine only applies the rules. ``confidences`` has one value (0..1) per
+    digit. ``rejected`` says why the recogniser gave nothing for speech it heard (talk without
+    digits, noise): the engine treats such a turn like silence.
     """
 
     at: float
     transcript: str | None
     digits: str = ""
     answer: bool | None = None
+    confidences: tuple[float, ...] = ()
+    rejected: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ class DigitRecord:
     attempt: int
     at_ms: int
     duration_ms: int | None
+    confidence: float | None = None  # spoken digits: the recogniser's, 0..1
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ class StepRecord:
     attempt: int
     at_ms: int
     detail: str
+    rejected: str | None = None  # an utterance the recogniser rejected: why
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,9 @@ class DigitCollector:
         self._playback = 0
         self._playing: int | None = None
         self._timer_tokens: dict[Timer, int] = {}
+        self._deadlines: dict[Timer, float] = {}
+        # Input timers stopped while the caller speaks: they go on if the speech is rejected.
+        self._paused: dict[Timer, float] = {}
         self._next_token = 0
         self._terminated_by: TerminatedBy | None = None
         self._readbacks = 0
@@ -334,11 +344,18 @@ class DigitCollector:
 
         self._entered.append(key)
         self._digits.append(
-            DigitRecord(key, event.source, self._attempt, self._ms(event.at), event.duration_ms)
+            DigitRecord(
+                key,
+                event.source,
+                self._attempt,
+                self._ms(event.at),
+                event.duration_ms,
+                event.confidence,
+            )
         )
         if len(self._entered) >= params.max_digits:
             return actions + self._complete(TerminatedBy.MAX_DIGITS, event.at)
-        actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout))
+        actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout, event.at))
         return actions
 
     def _on_prompt_finished(self, event: PromptFinished) -> list[Action]:
@@ -348,10 +365,10 @@ class DigitCollector:
         self._playing = None
         if self._phase is Phase.PROMPTING:
             self._phase = Phase.COLLECTING
-            return [self._start_timer(Timer.NO_INPUT, params.no_input_timeout)]
+            return [self._start_timer(Timer.NO_INPUT, params.no_input_timeout, event.at)]
         if self._phase is Phase.READING_BACK:
             self._phase = Phase.AWAITING_ANSWER
-            return [self._start_timer(Timer.CONFIRM, params.confirm_timeout)]
+            return [self._start_timer(Timer.CONFIRM, params.confirm_timeout, event.at)]
         return []
 
     def _on_timer(self, event: TimerFired) -> list[Action]:
@@ -359,6 +376,7 @@ class DigitCollector:
         if self._timer_tokens.get(event.timer) != event.token:
             return []  # cancelled or restarted after it fired
         del self._timer_tokens[event.timer]
+        self._deadlines.pop(event.timer, None)
         if event.timer is Timer.CONFIRM:
             if self._phase is not Phase.AWAITING_ANSWER:
                 return []
@@ -382,10 +400,10 @@ class DigitCollector:
         if self._phase is Phase.PROMPTING:
             self._speaking = True
             self._phase = Phase.COLLECTING
-            return self._stop_playing() + self._cancel_timers(Timer.NO_INPUT, Timer.INTER_DIGIT)
+            return self._stop_playing() + self._pause_input_timers()
         if self._phase is Phase.COLLECTING:
             self._speaking = True
-            return self._cancel_timers(Timer.NO_INPUT, Timer.INTER_DIGIT)
+            return self._pause_input_timers()
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
             self._speaking = True
             return self._stop_playing() + self._cancel_timers(Timer.CONFIRM)
@@ -396,8 +414,9 @@ class DigitCollector:
         if not params.accepts_speech:
             return []
         was_speaking, self._speaking = self._speaking, False
-        if event.transcript is not None:
-            self._record_step("utterance", event.at, event.transcript)
+        paused, self._paused = self._paused, {}
+        if event.transcript is not None or event.rejected is not None:
+            self._record_step("utterance", event.at, event.transcript or "", event.rejected)
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
             if event.answer is not None:
                 key = CONFIRM_KEY if event.answer else REJECT_KEY
@@ -406,7 +425,7 @@ class DigitCollector:
                 # The caller talked over the read-back without a yes or no: ask again.
                 return self._read_back(event.at)
             if was_speaking and self._phase is Phase.AWAITING_ANSWER:
-                return [self._start_timer(Timer.CONFIRM, params.confirm_timeout)]
+                return [self._start_timer(Timer.CONFIRM, params.confirm_timeout, event.at)]
             return []
         if self._phase is Phase.PROMPTING and event.digits:
             self._phase = Phase.COLLECTING
@@ -415,15 +434,25 @@ class DigitCollector:
             actions = []
         else:
             return []
-        for key in event.digits:
-            actions += self._on_digit(Digit(key, event.at, Source.VOICE))
+        confidences = event.confidences or ()
+        for index, key in enumerate(event.digits):
+            confidence = confidences[index] if index < len(confidences) else None
+            actions += self._on_digit(Digit(key, event.at, Source.VOICE, confidence=confidence))
             if self._phase is not Phase.COLLECTING:
                 return actions  # finished, or a new attempt began; later words do not count
-        if Timer.INTER_DIGIT not in self._timer_tokens and Timer.NO_INPUT not in self._timer_tokens:
-            if self._entered:
-                actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout))
-            elif self._playing is None:
-                actions.append(self._start_timer(Timer.NO_INPUT, params.no_input_timeout))
+        if Timer.INTER_DIGIT in self._timer_tokens or Timer.NO_INPUT in self._timer_tokens:
+            return actions
+        if not event.digits and paused:
+            # Speech that gave no digit is silence to the rules: the stopped timers go on
+            # from where they were (a caller who only talks still times out).
+            for timer, deadline in paused.items():
+                actions.append(self._start_timer_until(timer, deadline, event.at))
+        elif self._entered:
+            actions.append(
+                self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout, event.at)
+            )
+        elif self._playing is None:
+            actions.append(self._start_timer(Timer.NO_INPUT, params.no_input_timeout, event.at))
         return actions
 
     def _on_confirmation_key(self, key: str, event: Digit) -> list[Action]:
@@ -451,7 +480,7 @@ class DigitCollector:
         self._record_step("attempt", at, "started")
         return [
             *self._cancel_timers(Timer.INTER_DIGIT, Timer.NO_INPUT, Timer.CONFIRM),
-            self._start_timer(Timer.ATTEMPT, params.max_duration),
+            self._start_timer(Timer.ATTEMPT, params.max_duration, at),
             self._play(prompt),
         ]
 
@@ -461,7 +490,7 @@ class DigitCollector:
         actions = self._cancel_timers(*_INPUT_TIMERS)
         if not self._is_valid("".join(self._entered)):
             return actions + self._fail(Status.INVALID, at)
-        if params.ask_for_confirmation:
+        if params.ask_for_confirmation or (params.confirm_uncertain and self._uncertain()):
             return actions + self._read_back(at)
         return actions + self._finish(Status.COMPLETED, at, Confirmed.NOT_ASKED)
 
@@ -493,6 +522,8 @@ class DigitCollector:
             actions += self._stop_playing()
         actions += [CancelTimer(timer) for timer in self._timer_tokens]
         self._timer_tokens.clear()
+        self._deadlines.clear()
+        self._paused.clear()
         self._phase = Phase.DONE
         self.result = Result(
             status=status,
@@ -529,17 +560,39 @@ class DigitCollector:
         playback, self._playing = self._playing, None
         return [StopPlayback(playback)]
 
-    def _start_timer(self, timer: Timer, seconds: float) -> StartTimer:
+    def _start_timer(self, timer: Timer, seconds: float, at: float) -> StartTimer:
         self._next_token += 1
         self._timer_tokens[timer] = self._next_token
+        self._deadlines[timer] = at + seconds
         return StartTimer(timer, seconds, self._next_token)
 
+    def _start_timer_until(self, timer: Timer, deadline: float, at: float) -> StartTimer:
+        """Restart a paused timer for what was left of it (at once if that has passed)."""
+        return self._start_timer(timer, max(0.0, deadline - at), at)
+
     def _cancel_timers(self, *timers: Timer) -> list[Action]:
-        return [
-            CancelTimer(timer)
-            for timer in timers
-            if self._timer_tokens.pop(timer, None) is not None
-        ]
+        cancelled = [timer for timer in timers if self._timer_tokens.pop(timer, None) is not None]
+        for timer in cancelled:
+            self._deadlines.pop(timer, None)
+        return [CancelTimer(timer) for timer in cancelled]
+
+    def _pause_input_timers(self) -> list[Action]:
+        """No input timer runs while the caller speaks; each is remembered until it is known
+        whether the speech held digits."""
+        for timer in (Timer.NO_INPUT, Timer.INTER_DIGIT):
+            if timer in self._timer_tokens:
+                self._paused[timer] = self._deadlines[timer]
+        return self._cancel_timers(Timer.NO_INPUT, Timer.INTER_DIGIT)
+
+    def _uncertain(self) -> bool:
+        """This attempt holds a spoken digit below the entry's confidence threshold."""
+        threshold = self._require_params().confidence_threshold
+        return any(
+            record.source is Source.VOICE
+            and record.attempt == self._attempt
+            and (record.confidence is None or record.confidence < threshold)
+            for record in self._digits
+        )
 
     def _is_valid(self, digits: str) -> bool:
         rule = self._require_params().validate
@@ -549,8 +602,8 @@ class DigitCollector:
             return luhn_valid(digits)
         return re.fullmatch(rule, digits) is not None
 
-    def _record_step(self, kind: str, at: float, detail: str) -> None:
-        self._steps.append(StepRecord(kind, self._attempt, self._ms(at), detail))
+    def _record_step(self, kind: str, at: float, detail: str, rejected: str | None = None) -> None:
+        self._steps.append(StepRecord(kind, self._attempt, self._ms(at), detail, rejected))
 
     def _ms(self, at: float) -> int:
         return max(0, round((at - self._started_at) * 1000))

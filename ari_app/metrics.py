@@ -123,6 +123,12 @@ class Metrics:
             buckets=DECODE_BUCKETS,
             registry=registry,
         )
+        self._speech_rejected = Counter(
+            f"{PREFIX}_speech_rejected_total",
+            "Utterances that gave no digits, by reason (not_digits: talk; unclear; no_speech).",
+            ["reason"],
+            registry=registry,
+        )
         self._db_write = Histogram(
             f"{PREFIX}_db_write_seconds",
             "One database write transaction, from its start to its commit.",
@@ -183,6 +189,9 @@ class Metrics:
 
     def speech_decoded(self, vocabulary: str, seconds: float) -> None:
         self._speech_decode.labels(vocabulary).observe(seconds)
+
+    def speech_rejected(self, reason: str) -> None:
+        self._speech_rejected.labels(reason).inc()
 
     def watch_recognizer(self, read_stats: Callable[[], RecognizerStats]) -> None:
         """Expose the recogniser's own counters, read at each scrape."""

@@ -17,6 +17,8 @@ MAX_DIGITS_LIMIT = 64
 MAX_ATTEMPTS_LIMIT = 10
 MAX_TIMEOUT_SECONDS = 600.0
 MAX_PATTERN_LENGTH = 200
+# ask_for_confirmation=auto reads back an entry with a spoken digit less certain than this.
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 
 # Stock Asterisk core sounds (asterisk-core-sounds-en); real deployments pass their own prompt.
 DEFAULT_PROMPT = ("sound:beep",)
@@ -63,6 +65,10 @@ class Params:
     confirm_timeout: float = 5.0
     stop_keys: frozenset[str] = frozenset("#")
     ask_for_confirmation: bool = False
+    # ask_for_confirmation=auto: read back only entries holding a spoken digit whose
+    # confidence is below confidence_threshold.
+    confirm_uncertain: bool = False
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     max_attempts: int = 3
     prompt: tuple[str, ...] = DEFAULT_PROMPT
     invalid_prompt: tuple[str, ...] = DEFAULT_INVALID_PROMPT
@@ -92,7 +98,8 @@ class Params:
             "max_duration": self.max_duration,
             "confirm_timeout": self.confirm_timeout,
             "dtmf_stop_event": "".join(sorted(self.stop_keys)) or "none",
-            "ask_for_confirmation": self.ask_for_confirmation,
+            "ask_for_confirmation": "auto" if self.confirm_uncertain else self.ask_for_confirmation,
+            "confidence_threshold": self.confidence_threshold,
             "max_attempts": self.max_attempts,
             "prompt": ",".join(self.prompt),
             "invalid_prompt": ",".join(self.invalid_prompt),
@@ -162,6 +169,7 @@ def parse_params(values: Mapping[str, str]) -> Params:
         except re.error as exc:
             raise ParamError(f"validate is not a valid regular expression: {exc}") from None
 
+    confirmation = _confirmation(values)
     label = get("label") or None
     if label is not None and not _LABEL.match(label):
         raise ParamError("label must be 1-64 letters, digits or . - _ :")
@@ -174,7 +182,11 @@ def parse_params(values: Mapping[str, str]) -> Params:
         max_duration=_seconds(values, "max_duration", 60.0),
         confirm_timeout=_seconds(values, "confirm_timeout", 5.0),
         stop_keys=stop_keys,
-        ask_for_confirmation=_bool(values, "ask_for_confirmation", False),
+        ask_for_confirmation=confirmation == "yes",
+        confirm_uncertain=confirmation == "auto",
+        confidence_threshold=_fraction(
+            values, "confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD
+        ),
         max_attempts=_int(values, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
         if "max_attempts" in values
         else 3,
@@ -200,6 +212,7 @@ _KNOWN = frozenset(
         "confirm_timeout",
         "dtmf_stop_event",
         "ask_for_confirmation",
+        "confidence_threshold",
         "max_attempts",
         "prompt",
         "invalid_prompt",
@@ -225,6 +238,33 @@ def _int(values: Mapping[str, str], name: str, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ParamError(f"{name} must be between {low} and {high}, got {number}")
     return number
+
+
+def _fraction(values: Mapping[str, str], name: str, default: float) -> float:
+    if name not in values:
+        return default
+    raw = values[name]
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ParamError(f"{name} must be a number from 0 to 1, got {_shorten(raw)!r}") from None
+    if not 0.0 <= number <= 1.0:  # NaN fails this too
+        raise ParamError(f"{name} must be a number from 0 to 1, got {_shorten(raw)!r}")
+    return number
+
+
+def _confirmation(values: Mapping[str, str]) -> str:
+    """``yes``, ``no`` or ``auto`` (read back only uncertain spoken digits)."""
+    raw = values.get("ask_for_confirmation", "no").strip().lower()
+    if raw == "auto":
+        return "auto"
+    if raw in _TRUE:
+        return "yes"
+    if raw in _FALSE:
+        return "no"
+    raise ParamError(
+        f"ask_for_confirmation must be yes, no or auto, got {_shorten(values['ask_for_confirmation'])!r}"
+    )
 
 
 def _seconds(values: Mapping[str, str], name: str, default: float) -> float:

@@ -35,6 +35,7 @@ class Spec:
     confirmed: str = "not_asked"
     sensitive: bool = False
     second: int = 0
+    voice: bool = False  # digits spoken (after a rejected utterance), not keyed
 
     @property
     def started_at(self) -> datetime:
@@ -43,14 +44,15 @@ class Spec:
 
 # 8 entries; minute 5 holds two entries started at the same instant (ordering by id breaks
 # the tie). Digit entries' first digits: 500, 800, 1200, 2000, 3000 ms -> median 1200.
+# Entries 2 (sensitive) and 6 were spoken: see events_for.
 SPECS: Final = (
     Spec(0, "phone", "completed", "4155550123", 1200, confirmed="yes"),
     Spec(1, "account", "short", "123", 800, caller="+15550002", transport="agi"),
-    Spec(2, "pin", "hangup", "4321", 2000, caller="+15550003", sensitive=True),
+    Spec(2, "pin", "hangup", "4321", 2000, caller="+15550003", sensitive=True, voice=True),
     Spec(3, None, "no_input", None, None, caller=None),
     Spec(4, "phone", None),  # still in progress
     Spec(5, "phone", "unconfirmed", "5551234", 500, confirmed="unanswered"),
-    Spec(5, "account", "completed", "999", 3000, caller="+15550002", confirmed="yes"),
+    Spec(5, "account", "completed", "999", 3000, caller="+15550002", confirmed="yes", voice=True),
     Spec(7, "zip", "error", None, None, caller="+15550004", transport="agi"),
 )
 
@@ -68,9 +70,49 @@ def mask(digits: str) -> str:
     return "*" * (len(digits) - 2) + digits[-2:] if len(digits) > 2 else "*" * len(digits)
 
 
+# Spoken entries: what the caller said first, which held no digits.
+REJECTED_TRANSCRIPT: Final = "hello there"
+REJECTED_REASON: Final = "not_digits"
+# The confidence of a spoken entry's k-th digit: VOICE_CONFIDENCES[k % 4].
+VOICE_CONFIDENCES: Final = (0.97, 0.88, 0.64, 0.91)
+WORDS: Final = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 def events_for(spec: Spec) -> tuple[StoredEvent, ...]:
     events = [StoredEvent(kind="prompt", attempt=1, at_ms=0, detail="sound:beep")]
-    if spec.digits and spec.first_ms is not None:
+    if spec.voice and spec.digits and spec.first_ms is not None:
+        # A rejected utterance, then one accepted whose digits all arrive at its end.
+        events.append(
+            StoredEvent(
+                kind="utterance",
+                attempt=1,
+                at_ms=spec.first_ms // 2,
+                source="voice",
+                detail=REJECTED_TRANSCRIPT,
+                rejected=REJECTED_REASON,
+            )
+        )
+        events.append(
+            StoredEvent(
+                kind="utterance",
+                attempt=1,
+                at_ms=spec.first_ms,
+                source="voice",
+                detail=" ".join(WORDS[int(d)] for d in spec.digits),
+            )
+        )
+        events += [
+            StoredEvent(
+                kind="digit",
+                attempt=1,
+                at_ms=spec.first_ms,
+                digit=digit,
+                source="voice",
+                confidence=VOICE_CONFIDENCES[k % len(VOICE_CONFIDENCES)],
+            )
+            for k, digit in enumerate(spec.digits)
+        ]
+    elif spec.digits and spec.first_ms is not None:
         for k, digit in enumerate(spec.digits):
             events.append(
                 StoredEvent(

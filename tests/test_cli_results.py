@@ -14,7 +14,16 @@ import pytest
 
 from ari_app.cli_results import add_results_commands, run_results_command
 from ari_app.store import Store
-from tests.entries_seed import SPECS, channel_name, clear, newest_first, seed
+from tests.entries_seed import (
+    REJECTED_REASON,
+    REJECTED_TRANSCRIPT,
+    SPECS,
+    VOICE_CONFIDENCES,
+    channel_name,
+    clear,
+    newest_first,
+    seed,
+)
 from tests.test_http_api import check_schema
 
 
@@ -125,11 +134,13 @@ async def test_show(migrated_db_url: str, ids: list[int]) -> None:
         "kind",
         "digit",
         "source",
+        "conf",
         "duration",
         "(ms)",
+        "rejected",
         "detail",
     ]
-    assert events[2].split() == ["1", "1200", "1", "digit", "4", "key", "90", "-"]
+    assert events[2].split() == ["1", "1200", "1", "digit", "4", "key", "-", "90", "-", "-"]
     assert len(events) == 1 + 12
 
     code, out, _ = await run(migrated_db_url, "show", str(ids[2]), "--json")
@@ -138,11 +149,51 @@ async def test_show(migrated_db_url: str, ids: list[int]) -> None:
     check_schema("EntryDetail", body)
     assert body["digits"] == "**21"
     assert "input_hash" not in out and "4321" not in out
+    # Spoken and sensitive: transcripts redacted, confidences and the rejection kept.
+    assert [e["confidence"] for e in body["events"] if e["kind"] == "digit"] == list(
+        VOICE_CONFIDENCES
+    )
+    assert [(e["detail"], e["rejected"]) for e in body["events"] if e["kind"] == "utterance"] == [
+        ("[redacted]", REJECTED_REASON),
+        ("[redacted]", None),
+    ]
 
     code, out, _ = await run(migrated_db_url, "show", str(ids[4]))  # in progress: nothing yet
     assert code == 0
     assert "ended        -" in out
     assert out.splitlines()[-2:] == ["events:", "(no events)"]
+
+
+async def test_show_spoken_entry(migrated_db_url: str, ids: list[int]) -> None:
+    code, out, err = await run(migrated_db_url, "show", str(ids[6]))  # "999", spoken
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    events = lines[lines.index("events:") + 1 :]
+    header = events[0]
+    assert header.split()[7:] == ["conf", "duration", "(ms)", "rejected", "detail"]
+    # Columns line up under their headings; the transcript (with spaces) is last.
+    rejected_at, detail_at = header.index("rejected"), header.index("detail")
+    assert events[2][rejected_at:detail_at].rstrip() == REJECTED_REASON
+    assert events[2][detail_at:] == REJECTED_TRANSCRIPT
+    assert events[3][rejected_at:detail_at].rstrip() == "-"
+    assert events[3][detail_at:] == "nine nine nine"
+    assert [line.split()[:7] for line in events[4:7]] == [
+        ["3", "3000", "1", "digit", "9", "voice", "0.97"],
+        ["4", "3000", "1", "digit", "9", "voice", "0.88"],
+        ["5", "3000", "1", "digit", "9", "voice", "0.64"],
+    ]
+
+    code, out, _ = await run(migrated_db_url, "show", str(ids[6]), "--json")
+    assert code == 0
+    body = json.loads(out)
+    check_schema("EntryDetail", body)
+    assert [(e["kind"], e["confidence"], e["rejected"]) for e in body["events"]] == [
+        ("prompt", None, None),
+        ("utterance", None, REJECTED_REASON),
+        ("utterance", None, None),
+        *[("digit", c, None) for c in VOICE_CONFIDENCES[:3]],
+        ("confirmation", None, None),
+    ]
 
 
 async def test_show_missing(migrated_db_url: str, ids: list[int]) -> None:

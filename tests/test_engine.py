@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ari_app.engine import Confirmed, Digit, Source, Status, TerminatedBy, luhn_valid
+from ari_app.engine import Confirmed, Digit, Source, Status, TerminatedBy, Timer, luhn_valid
 from tests.engine_driver import Driver
 
 
@@ -371,7 +371,9 @@ def test_invalid_keys_are_ignored() -> None:
         (["dtmf_input_timeout=-1"], "dtmf_input_timeout must be more than 0"),
         (["num_digits=four"], "num_digits must be a whole number"),
         (["min_digits=5", "max_digits=4"], "min_digits (5) is larger than max_digits (4)"),
-        (["ask_for_confirmation=maybe"], "ask_for_confirmation must be yes or no"),
+        (["ask_for_confirmation=maybe"], "ask_for_confirmation must be yes, no or auto"),
+        (["confidence_threshold=1.5"], "confidence_threshold must be a number from 0 to 1"),
+        (["confidence_threshold=nan"], "confidence_threshold must be a number from 0 to 1"),
         (["dtmf_stop_event=x"], "dtmf_stop_event must be keys"),
         (["just-text"], "is not of the form name=value"),
         (["num_digits=4", "num_digits=5"], "given twice"),
@@ -416,15 +418,18 @@ def speak(
     transcript: str | None = None,
     answer: bool | None = None,
     lasting: float = 1.0,
+    confidences: tuple[float, ...] = (),
+    rejected: str | None = None,
 ) -> None:
-    """The caller talks for ``lasting`` seconds; recognition reports ``digits``."""
+    """The caller talks for ``lasting`` seconds; recognition reports ``digits`` (or rejects
+    the utterance, giving why)."""
     from ari_app.engine import SpeechEnded, SpeechStarted
 
     d.advance(after)
     d.send(SpeechStarted(d.now))
     d.advance(lasting)
     text = transcript if transcript is not None else " ".join(digits)
-    d.send(SpeechEnded(d.now, text, digits, answer))
+    d.send(SpeechEnded(d.now, text, digits, answer, confidences or (0.9,) * len(digits), rejected))
 
 
 def test_speech_barges_into_the_prompt_and_spoken_digits_complete_the_entry() -> None:
@@ -451,20 +456,126 @@ def test_no_input_timer_does_not_run_while_the_caller_speaks() -> None:
     assert d.finished.terminated_by is TerminatedBy.TIMEOUT
 
 
-def test_a_discarded_utterance_restarts_the_no_input_timer() -> None:
+def test_a_discarded_utterance_is_silence_to_the_no_input_timer() -> None:
     d = Driver.start("num_digits=4", "no_input_timeout=3", "max_attempts=1")
     d.finish_prompt()
     from ari_app.engine import SpeechEnded, SpeechStarted
 
     d.advance(1)
     d.send(SpeechStarted(d.now))
-    d.advance(5)
-    assert d.result is None
+    d.advance(1)
+    assert d.result is None  # paused while the caller speaks
     d.send(SpeechEnded(d.now, None))
-    d.advance(2.9)
+    d.advance(0.9)
+    assert d.result is None
+    d.advance(0.2)  # 3 s after the prompt ended, as if nobody had spoken
+    assert d.finished.status is Status.NO_INPUT
+
+
+def test_rejected_talk_lets_the_no_input_timer_run_on() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=8", "max_attempts=1")
+    d.finish_prompt()
+    speak(d, after=2.0, lasting=3.0, transcript="Hello? Hello?", rejected="not_digits")
+    assert d.result is None
+    d.advance(2.9)  # 7.9 s after the prompt
+    assert d.result is None
+    d.advance(0.2)
+    result = d.finished
+    assert result.status is Status.NO_INPUT
+    assert result.user_input == "" and result.digits == ()
+    (utterance,) = [s for s in result.steps if s.kind == "utterance"]
+    assert (utterance.detail, utterance.rejected) == ("Hello? Hello?", "not_digits")
+
+
+def test_rejected_talk_past_the_deadline_ends_the_attempt_when_it_is_judged() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=3", "max_attempts=2")
+    d.finish_prompt()
+    speak(d, after=2.0, lasting=4.0, transcript="um hold on", rejected="not_digits")
+    assert d.timers[Timer.NO_INPUT][0] == d.now  # what was left of it: nothing
+    d.advance(0.0)
+    assert d.playing is not None
+    assert d.playing.media == ("sound:please-try-again", "sound:beep")
+
+
+def test_a_caller_who_only_talks_gets_the_retry_prompt_then_no_input() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=5", "max_attempts=2")
+    d.finish_prompt()
+    speak(d, after=1.0, transcript="hello?", rejected="not_digits")
+    d.advance(3.1)
+    assert d.playing is not None and d.playing.media[0] == "sound:please-try-again"
+    d.finish_prompt()
+    speak(d, after=1.0, transcript="hello? hello?", rejected="not_digits")
+    d.advance(3.1)
+    result = d.finished
+    assert result.status is Status.NO_INPUT
+    assert result.attempts == 2 and result.digits == ()
+
+
+def test_rejected_talk_between_keys_lets_the_inter_digit_timer_run_on() -> None:
+    d = Driver.start("min_digits=2", "max_digits=6", "dtmf_input_timeout=4")
+    d.finish_prompt()
+    d.keys("12")
+    speak(d, after=1.0, lasting=1.5, transcript="a cough", rejected="no_speech")
+    d.advance(1.4)  # 3.9 s after the last key
+    assert d.result is None
+    d.advance(0.2)
+    assert d.finished.status is Status.COMPLETED
+    assert d.finished.user_input == "12"
+    assert d.finished.terminated_by is TerminatedBy.TIMEOUT
+
+
+def test_rejected_talk_during_the_prompt_starts_the_no_input_timer() -> None:
+    d = Driver.start("num_digits=4", "no_input_timeout=5", "max_attempts=1")
+    prompt = d.playing
+    assert prompt is not None
+    speak(d, after=0.5, transcript="hello?", rejected="not_digits")
+    assert prompt.playback in d.stopped  # speech onset barged in
+    d.advance(4.9)
     assert d.result is None
     d.advance(0.2)
     assert d.finished.status is Status.NO_INPUT
+
+
+def test_spoken_digits_keep_their_confidence() -> None:
+    d = Driver.start("num_digits=3")
+    d.finish_prompt()
+    d.keys("1")
+    speak(d, "23", confidences=(0.8, 0.4))
+    assert [(r.digit, r.confidence) for r in d.finished.digits] == [
+        ("1", None),
+        ("2", 0.8),
+        ("3", 0.4),
+    ]
+
+
+def test_auto_confirmation_reads_back_only_an_uncertain_spoken_entry() -> None:
+    sure = Driver.start("num_digits=3", "ask_for_confirmation=auto")
+    sure.finish_prompt()
+    speak(sure, "555", confidences=(0.9, 0.8, 0.7))
+    assert sure.finished.status is Status.COMPLETED
+    assert sure.finished.confirmed is Confirmed.NOT_ASKED
+
+    keys = Driver.start("num_digits=3", "ask_for_confirmation=auto")
+    keys.finish_prompt()
+    keys.keys("555")
+    assert keys.finished.confirmed is Confirmed.NOT_ASKED
+
+    unsure = Driver.start("num_digits=3", "ask_for_confirmation=auto")
+    unsure.finish_prompt()
+    unsure.keys("5")
+    speak(unsure, "55", confidences=(0.9, 0.3))
+    assert unsure.result is None
+    assert unsure.playing is not None and unsure.playing.reads_digits
+    unsure.finish_prompt()
+    unsure.keys("1")
+    assert unsure.finished.confirmed is Confirmed.YES
+
+
+def test_auto_confirmation_threshold_is_a_parameter() -> None:
+    d = Driver.start("num_digits=2", "ask_for_confirmation=auto", "confidence_threshold=0.95")
+    d.finish_prompt()
+    speak(d, "55", confidences=(0.9, 0.99))
+    assert d.playing is not None and d.playing.reads_digits
 
 
 def test_keys_and_voice_mix_in_one_entry() -> None:

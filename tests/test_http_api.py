@@ -29,8 +29,11 @@ from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.queries import Cursor
 from tests import pg
 from tests.entries_seed import (
+    REJECTED_REASON,
+    REJECTED_TRANSCRIPT,
     SPECS,
     T0,
+    VOICE_CONFIDENCES,
     Spec,
     channel_id,
     channel_name,
@@ -337,8 +340,43 @@ async def test_entry_with_events(api: Api) -> None:
         "source": "key",
         "duration_ms": 90,
         "detail": None,
+        "confidence": None,
+        "rejected": None,
     }
     assert body["events"][-1]["digit"] == "1"
+
+
+async def test_spoken_entry_events_carry_confidence_and_rejection(api: Api) -> None:
+    status, body, _ = await api.get(f"/api/entries/{api.ids[6]}")  # "999", spoken
+    assert status == 200
+    check_schema("EntryDetail", body)
+    events = body["events"]
+    assert [e["kind"] for e in events] == [
+        "prompt",
+        "utterance",
+        "utterance",
+        *["digit"] * 3,
+        "confirmation",
+    ]
+    assert events[1] == {
+        "seq": 1,
+        "kind": "utterance",
+        "attempt": 1,
+        "at_ms": 1500,
+        "digit": None,
+        "source": "voice",
+        "duration_ms": None,
+        "detail": REJECTED_TRANSCRIPT,
+        "confidence": None,
+        "rejected": REJECTED_REASON,
+    }
+    assert (events[2]["detail"], events[2]["rejected"]) == ("nine nine nine", None)
+    digits = events[3:6]
+    assert [(e["digit"], e["source"]) for e in digits] == [("9", "voice")] * 3
+    assert [e["confidence"] for e in digits] == list(VOICE_CONFIDENCES[:3])
+    # Keys, prompts and confirmations have neither.
+    for event in (events[0], events[-1]):
+        assert (event["confidence"], event["rejected"]) == (None, None)
 
 
 async def test_sensitive_entries_never_show_clear_digits(api: Api) -> None:
@@ -349,6 +387,15 @@ async def test_sensitive_entries_never_show_clear_digits(api: Api) -> None:
     assert detail["digits"] == "**21"
     assert {e["digit"] for e in detail["events"] if e["kind"] == "digit"} == {"*"}
     assert "4321" not in raw and "432" not in raw
+    # Spoken: the transcripts are redacted, the confidences and the rejection reason kept.
+    utterances = [e for e in detail["events"] if e["kind"] == "utterance"]
+    assert [(e["detail"], e["rejected"]) for e in utterances] == [
+        ("[redacted]", REJECTED_REASON),
+        ("[redacted]", None),
+    ]
+    assert "four" not in raw and REJECTED_TRANSCRIPT not in raw
+    confidences = [e["confidence"] for e in detail["events"] if e["kind"] == "digit"]
+    assert confidences == list(VOICE_CONFIDENCES)
     status, listing, response = await api.get("/api/entries", {"label": "pin"})
     assert [e["digits"] for e in listing["entries"]] == ["**21"]
     # The keyed hash stays in the database.

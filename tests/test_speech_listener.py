@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ari_app.metrics import Metrics
 from ari_app.speech.listener import SpeechListener
 from ari_app.speech.recognizer import Recognition, Vocabulary
 from ari_app.speech.rtp import RtpPacket
@@ -55,6 +56,9 @@ def as_rtp(
 
 
 class ScriptedRecognizer:
+    """Answers each utterance with the next script line: a transcript, or ``reject:WHY:HEARD``
+    for an utterance the recogniser rejects."""
+
     def __init__(self, *texts: str) -> None:
         self.texts = list(texts)
         self.heard: list[tuple[int, str, int | None]] = []
@@ -70,12 +74,19 @@ class ScriptedRecognizer:
         self.heard.append((len(audio), vocabulary, expected_digits))
         await asyncio.sleep(0.01)
         text = self.texts.pop(0)
+        if text.startswith("reject:"):
+            _, why, heard = text.split(":", 2)
+            return Recognition(
+                text="1", audio_ms=0, queued_ms=0.0, decode_ms=1.0, rejected=why, heard=heard
+            )
+        digits = words_to_digits(text).digits
         return Recognition(
             text=text,
             audio_ms=len(audio) // 16,
             queued_ms=0.0,
             decode_ms=10.0,
-            digits=words_to_digits(text).digits,
+            digits=digits,
+            confidences=(0.75,) * len(digits),
         )
 
 
@@ -85,15 +96,25 @@ class Target:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
+        self.confidences: list[tuple[float, ...]] = []
+        self.rejected: list[str | None] = []
         self.ended = asyncio.Event()
 
     def deliver_speech_started(self) -> None:
         self.events.append(("started",))
 
     def deliver_speech_ended(
-        self, transcript: str | None, digits: str = "", answer: bool | None = None
+        self,
+        transcript: str | None,
+        digits: str = "",
+        answer: bool | None = None,
+        *,
+        confidences: tuple[float, ...] = (),
+        rejected: str | None = None,
     ) -> None:
         self.events.append(("ended", transcript or "", digits, str(answer)))
+        self.confidences.append(confidences)
+        self.rejected.append(rejected)
         self.ended.set()
 
 
@@ -110,6 +131,7 @@ async def test_an_utterance_reaches_the_session_as_digits(tmp_path: Path) -> Non
     finally:
         await listener.close()
     assert target.events == [("started",), ("ended", "Five, five, five.", "555", "None")]
+    assert target.confidences == [(0.75, 0.75, 0.75)] and target.rejected == [None]
     assert recognizer.heard[0][0] > 16000 * 0.5  # the whole utterance
     assert recognizer.heard[0][1:] == ("digits", 3)  # what the entry still needs
 
@@ -133,3 +155,23 @@ async def test_silence_reaches_nothing_and_yes_is_an_answer(tmp_path: Path) -> N
         await listener.close()
     assert target.events[-1] == ("ended", "Yes.", "", "True")
     assert recognizer.heard[0][1:] == ("confirmation", None)  # it may say yes or no now
+
+
+async def test_a_rejected_utterance_reaches_the_session_as_no_digits_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    target = Target()
+    metrics = Metrics()
+    recognizer = ScriptedRecognizer("reject:not_digits:Hello? Hello?")
+    listener = SpeechListener(target, recognizer, label="t", max_digits=4, metrics=metrics)
+    try:
+        for packet in as_rtp(spoken_pcm16("hello hello", tmp_path)):
+            listener.on_packet(packet)
+        async with asyncio.timeout(2):
+            await target.ended.wait()
+    finally:
+        await listener.close()
+    assert target.events == [("started",), ("ended", "Hello? Hello?", "", "None")]
+    assert target.rejected == ["not_digits"]
+    scraped = metrics.exposition("text/plain")[0].decode()
+    assert 'ari_digits_speech_rejected_total{reason="not_digits"} 1.0' in scraped

@@ -21,6 +21,7 @@ import webrtcvad
 from ari_app.speech.vad import (
     DTMF_COLUMN_HZ,
     DTMF_ROW_HZ,
+    FLOOR_WINDOW_MS,
     SpeechStarted,
     Utterance,
     UtteranceSegmenter,
@@ -28,7 +29,7 @@ from ari_app.speech.vad import (
 
 RATE = 16000
 FRAME = 320
-PAD = 250
+PAD = 300
 Int16 = npt.NDArray[np.int16]
 Synth = Callable[[str], Int16]
 NO_AUDIO = np.zeros(0, dtype=np.float32)  # Utterance equality ignores the audio
@@ -117,18 +118,85 @@ def test_silence_only_returns_nothing() -> None:
     assert segment(pcm(noise(10_000))) == []
 
 
-@pytest.mark.parametrize("level", [30.0, 100.0, 330.0])  # about -61, -50 and -40 dBFS
-def test_low_white_noise_returns_nothing(level: float) -> None:
+@pytest.mark.parametrize("level", [30.0, 100.0, 330.0, 1000.0])  # -61, -50, -40, -30 dBFS
+def test_line_noise_returns_nothing(level: float) -> None:
     for seed in range(3):
         assert segment(pcm(noise(5_000, level, seed))) == []
-        # Also after digital silence, where webrtcvad's noise model restarts.
-        assert segment(pcm(np.zeros(RATE), noise(3_000, level, seed))) == []
+
+
+@pytest.mark.parametrize("level", [30.0, 100.0, 330.0])
+def test_noise_right_after_digital_silence_passes_for_speech_only_until_the_floor_is_learnt(
+    level: float,
+) -> None:
+    """Digital silence says nothing of the line's noise: the floor is learnt in FLOOR_WINDOW_MS,
+    and until then noise may pass for one utterance (the recogniser then rejects it)."""
+    for seed in range(3):
+        events = segment(pcm(np.zeros(RATE), noise(6_000, level, seed)))
+        utterances = [e for e in events if isinstance(e, Utterance)]
+        assert len(utterances) <= 1
+        assert all(u.end_ms <= 1000 + FLOOR_WINDOW_MS for u in utterances)
 
 
 def test_a_click_is_not_speech() -> None:
-    click = np.zeros(RATE)
-    click[8000:8040] = 20000.0  # 2.5 ms: webrtcvad alone calls 4 frames speech
+    click = noise(1000)
+    click[8000:8040] += 20000.0  # 2.5 ms: webrtcvad alone calls 4 frames speech
     assert segment(pcm(noise(1000), click, noise(1000))) == []
+    silent = np.zeros(RATE)
+    silent[8000:8040] = 20000.0
+    assert segment(pcm(silent)) == []
+
+
+# --- quiet callers, noisy lines ---------------------------------------------------------------
+
+
+def at_level(speech: Int16, dbfs: float) -> npt.NDArray[np.float64]:
+    """The speech scaled so its active level (frames within 30 dB of the loudest) is ``dbfs``."""
+    x = speech.astype(np.float64)
+    frames_power = np.mean(x[: len(x) // FRAME * FRAME].reshape(-1, FRAME) ** 2, axis=1)
+    active = frames_power[frames_power >= frames_power.max() * 1e-3].mean()
+    return x * (32768.0 * 10 ** (dbfs / 20) / np.sqrt(active))
+
+
+@pytest.mark.parametrize("dbfs", [-10.0, -30.0, -40.0, -50.0])
+def test_a_caller_from_minus_10_to_minus_50_dbfs_on_a_silent_line_is_heard(
+    synth: Synth, dbfs: float
+) -> None:
+    """The old absolute gate (-55 dBFS per frame) and webrtcvad's deafness below about -48 dBFS
+    after silence lost a -50 dBFS caller; the floor and the AGC keep them."""
+    for word in ("six", "eight", "five"):
+        speech = synth(word)
+        events = segment(pcm(np.zeros(RATE), at_level(speech, dbfs), np.zeros(RATE)))
+        assert [type(e) for e in events] == [SpeechStarted, Utterance], (word, dbfs)
+
+
+@pytest.mark.parametrize("dbfs", [-30.0, -40.0, -50.0])
+def test_a_quiet_caller_over_line_noise_is_heard(synth: Synth, dbfs: float) -> None:
+    speech = synth("six")
+    hiss = noise(3000, 18.0)  # -65 dBFS
+    x = hiss.copy()
+    x[RATE : RATE + len(speech)] += at_level(speech, dbfs)
+    assert [type(e) for e in segment(pcm(x))] == [SpeechStarted, Utterance]
+
+
+def test_the_decision_follows_the_line_noise_floor(synth: Synth) -> None:
+    """On a loud line (-35 dBFS hiss) speech 10 dB above the hiss is heard, the hiss is not."""
+    speech = synth("nine")
+    hiss = noise(4000, 580.0)  # -35 dBFS
+    assert segment(pcm(hiss)) == []
+    x = hiss.copy()
+    x[2 * RATE : 2 * RATE + len(speech)] += at_level(speech, -25.0)
+    assert [type(e) for e in segment(pcm(x))] == [SpeechStarted, Utterance]
+
+
+def test_a_quiet_onset_is_in_the_utterance(synth: Synth) -> None:
+    """The pre-roll is long enough for the soft start of a quiet "six" (its /s/)."""
+    speech = synth("six")
+    quiet = at_level(speech, -50.0)
+    events = segment(pcm(np.zeros(RATE), quiet, np.zeros(RATE)))
+    utterance = events[1]
+    assert isinstance(utterance, Utterance)
+    first = 1000 + np.flatnonzero(np.abs(quiet) >= 2.0)[0] * 1000 / RATE  # the first sound
+    assert utterance.start_ms - PAD <= first
 
 
 # --- speech --------------------------------------------------------------------------------------
@@ -293,10 +361,10 @@ def test_hysteresis_start_and_end() -> None:
     assert isinstance(utterance, Utterance)
     audio = np.round(utterance.audio * 32768).astype(int)
     assert len(audio) == (920 - 400 + 2 * PAD) * RATE // 1000
-    # 250 ms of pre-roll: the second half of frame 7 (value 8), then frames 8..19.
-    assert audio[0] == 8 and audio[PAD * 16 - 1] == 20 and audio[PAD * 16] == 21
-    # 250 ms of trailing context: frames 46..57, then the first half of frame 58.
-    assert audio[-1] == 59 and audio[-161] == 58
+    # 300 ms of pre-roll: frames 5..19 (values 6..20), then the onset.
+    assert audio[0] == 6 and audio[PAD * 16 - 1] == 20 and audio[PAD * 16] == 21
+    # 300 ms of trailing context: frames 46..60 (values 47..61).
+    assert audio[-1] == 61 and audio[-321] == 60 and audio[-PAD * 16] == 47
 
 
 def test_short_bursts_are_dropped_and_counted() -> None:

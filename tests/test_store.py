@@ -72,9 +72,18 @@ EVENTS = (
     StoredEvent(kind="attempt", attempt=1, at_ms=5, detail="start"),
     StoredEvent(kind="digit", attempt=1, at_ms=1200, digit="1", source="key", duration_ms=90),
     StoredEvent(kind="digit", attempt=1, at_ms=1500, digit="2", source="key", duration_ms=80),
+    StoredEvent(
+        kind="utterance",
+        attempt=1,
+        at_ms=2100,
+        source="voice",
+        detail="what was that",
+        rejected="not_digits",
+    ),
+    StoredEvent(kind="utterance", attempt=1, at_ms=2300, source="voice", rejected="no_speech"),
     StoredEvent(kind="utterance", attempt=1, at_ms=2500, source="voice", detail="three four"),
-    StoredEvent(kind="digit", attempt=1, at_ms=2600, digit="3", source="voice"),
-    StoredEvent(kind="digit", attempt=1, at_ms=2601, digit="4", source="voice"),
+    StoredEvent(kind="digit", attempt=1, at_ms=2600, digit="3", source="voice", confidence=0.93),
+    StoredEvent(kind="digit", attempt=1, at_ms=2601, digit="4", source="voice", confidence=1.0),
     StoredEvent(kind="confirmation", attempt=1, at_ms=4000, digit="1", detail="yes"),
     StoredEvent(kind="note", attempt=1, at_ms=4001, detail=None),
 )
@@ -156,6 +165,8 @@ async def test_round_trip(store: Store) -> None:
     assert got.started_at == T0
     assert got.parameters == start.parameters
     assert got.events == EVENTS  # same order, every field preserved
+    assert [e.confidence for e in got.events if e.confidence is not None] == [0.93, 1.0]
+    assert [e.rejected for e in got.events if e.rejected] == ["not_digits", "no_speech"]
 
 
 async def test_get_missing_entry_returns_none(store: Store) -> None:
@@ -211,8 +222,26 @@ async def test_invalid_values_are_rejected(store: Store) -> None:
         await store.finish_entry(entry_id, make_outcome(status="done"))
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.finish_entry(entry_id, make_outcome(ended_at=T0.replace(tzinfo=None)))
+    voice = StoredEvent(kind="digit", attempt=1, at_ms=10, digit="5", source="voice")
+    for confidence in (-0.01, 1.5, float("nan")):
+        bad = (voice, dataclasses.replace(voice, confidence=confidence))
+        with pytest.raises(ValueError, match=r"event 1: confidence must be in 0\.\.1"):
+            await store.finish_entry(entry_id, make_outcome(events=bad))
+    for reason in ("", "x" * 33):
+        bad = (StoredEvent(kind="utterance", attempt=1, at_ms=10, rejected=reason),)
+        with pytest.raises(ValueError, match="event 0: rejected must be 1 to 32 characters"):
+            await store.finish_entry(entry_id, make_outcome(events=bad))
     got = await store.get_entry(entry_id)
     assert got is not None and got.status == "in_progress"
+    # The bounds themselves are accepted.
+    edges = (
+        dataclasses.replace(voice, confidence=0.0),
+        dataclasses.replace(voice, confidence=1.0),
+        StoredEvent(kind="utterance", attempt=1, at_ms=20, rejected="x" * 32),
+    )
+    await store.finish_entry(entry_id, make_outcome(events=edges, user_input="55"))
+    got = await store.get_entry(entry_id)
+    assert got is not None and got.events == edges
 
 
 async def test_sensitive_entry_events_are_redacted(store: Store) -> None:
@@ -224,10 +253,20 @@ async def test_sensitive_entry_events_are_redacted(store: Store) -> None:
     assert (got.user_input, got.input_hash) == ("**34", "ab" * 32)
     assert [e.kind for e in got.events] == [e.kind for e in EVENTS]
     assert {e.digit for e in got.events} == {None, "*"}
-    utterance = next(e for e in got.events if e.kind == "utterance")
-    assert utterance.detail == "[redacted]"
+    utterances = [e for e in got.events if e.kind == "utterance"]
+    # Transcripts are redacted; an utterance without one (no speech) stays without.
+    assert [e.detail for e in utterances] == ["[redacted]", None, "[redacted]"]
     prompt = got.events[0]
     assert prompt.detail == "sound:enter-account"
+    # Confidences and rejection reasons say nothing about the digits: kept as given.
+    assert [(e.confidence, e.rejected) for e in got.events] == [
+        (e.confidence, e.rejected) for e in EVENTS
+    ]
+    assert [e.rejected for e in utterances] == ["not_digits", "no_speech", None]
+    assert [e.confidence for e in got.events if e.source == "voice" and e.kind == "digit"] == [
+        0.93,
+        1.0,
+    ]
 
 
 async def test_list_entries_filters_and_ordering(store: Store) -> None:

