@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 
 _ids = itertools.count(1)
 
@@ -171,11 +173,20 @@ def caller_recording(chroot: Path, name: str) -> Path:
 
 
 def synthesize_caller_speech(
-    text: str, chroot: Path, name: str, *, voice: str = "en-us", words_per_minute: int = 150
+    text: str,
+    chroot: Path,
+    name: str,
+    *,
+    voice: str = "en-us",
+    words_per_minute: int = 150,
+    level_dbfs: float | None = None,
 ) -> str:
     """Speak ``text`` with espeak-ng into the sandbox at telephone quality (8 kHz mu-law).
 
-    Returns the path a simulated caller plays it from (``play:<path>`` in ``SIM_SCRIPT``).
+    ``level_dbfs``: the caller's speech level (RMS over the frames within 30 dB of the loudest,
+    so pauses do not count); None keeps espeak-ng's own (about -20 dBFS). Real lines carry
+    callers from about -10 to -50 dBFS. Returns the path a simulated caller plays it from
+    (``play:<path>`` in ``SIM_SCRIPT``).
     """
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
@@ -186,17 +197,23 @@ def synthesize_caller_speech(
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         spoken = Path(scratch) / "spoken.wav"
+        narrow = Path(scratch) / "narrow.wav"
         mulaw = Path(scratch) / "line.wav"
         subprocess.run(
             ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(spoken), text],
             check=True,
             capture_output=True,
         )
-        # Through a telephone line: 8 kHz mu-law, then the 16-bit PCM WAV Asterisk plays.
         subprocess.run(
-            ["sox", str(spoken), "-r", "8000", "-c", "1", "-e", "mu-law", str(mulaw)],
+            ["sox", str(spoken), "-r", "8000", "-c", "1", "-b", "16", str(narrow)],
             check=True,
             capture_output=True,
+        )
+        if level_dbfs is not None:
+            _set_level(narrow, level_dbfs)
+        # Through a telephone line: 8 kHz mu-law, then the 16-bit PCM WAV Asterisk plays.
+        subprocess.run(
+            ["sox", str(narrow), "-e", "mu-law", str(mulaw)], check=True, capture_output=True
         )
         subprocess.run(
             ["sox", str(mulaw), "-e", "signed-integer", "-b", "16", str(folder / f"{name}.wav")],
@@ -204,3 +221,19 @@ def synthesize_caller_speech(
             capture_output=True,
         )
     return f"/{CALLER_SOUNDS}/{name}"
+
+
+def _set_level(path: Path, dbfs: float) -> None:
+    """Scale a 16-bit mono WAV file in place so its active speech level is ``dbfs``."""
+    with wave.open(str(path), "rb") as reader:
+        params = reader.getparams()
+        samples = np.frombuffer(reader.readframes(params.nframes), dtype="<i2")
+    x = samples.astype(np.float64) / 32768.0
+    frame = params.framerate // 50
+    powers = np.mean(x[: len(x) // frame * frame].reshape(-1, frame) ** 2, axis=1)
+    active = float(powers[powers >= powers.max() * 1e-3].mean())
+    scaled = x * 10.0 ** (dbfs / 20.0) / np.sqrt(active)
+    pcm = np.clip(np.round(scaled * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as writer:
+        writer.setparams(params)
+        writer.writeframes(pcm.tobytes())

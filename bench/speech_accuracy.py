@@ -479,7 +479,7 @@ def synthetic_table(
 def rejection_table(
     recognizer: DigitRecognizer, args: argparse.Namespace, entry: Entry, work: Path
 ) -> tuple[Table, list[Outcome], list[str]]:
-    clips = nondigit_corpus(work, per_category=args.nondigit_per_category)
+    clips = nondigit_corpus(work, args.nondigit_seed, per_category=args.nondigit_per_category)
     progress = Progress("rejection", len(clips))
     outcomes = []
     for clip in clips:
@@ -539,7 +539,7 @@ def rejection_table(
 def mixed_table(
     recognizer: DigitRecognizer, args: argparse.Namespace, entry: Entry, work: Path
 ) -> tuple[Table, list[Outcome], list[str]]:
-    clips = mixed_corpus(work, count=args.mixed_count)
+    clips = mixed_corpus(work, args.mixed_seed, count=args.mixed_count)
     outcomes = run_counted(recognizer, clips, entry, Progress("mixed", len(clips)))
     table = Table(
         "mixed",
@@ -670,6 +670,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, help="espeak-ng render cache (default: a temp dir)")
     parser.add_argument("--misses", type=int, default=5, help="misses printed per table")
+    # The rejection rules were tuned on seeds 11 (non-digit) and 12 (mixed) and checked on 21;
+    # the defaults are fresh draws (voices, levels, noise; the sentence list is the same).
+    parser.add_argument("--nondigit-seed", type=int, default=31, help="non-digit corpus seed")
+    parser.add_argument("--mixed-seed", type=int, default=32, help="mixed corpus seed")
     sizes = parser.add_argument_group("corpus sizes (defaults; --quick uses the second number)")
     for key, (full, quick) in SIZES.items():
         sizes.add_argument(
@@ -700,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = RecognizerSettings(
         model=args.model,
         threads=args.threads,
-        workers=1,
+        workers=2,  # as served: the free transcript decodes beside the restricted one
         beam_size=args.beam,
         window_s=args.window,
         padding_ms=args.padding_ms,
@@ -714,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"settings: {settings}")
     print(
         f"entries: {path_words(entry)}; rejection: {path_words(entry, counted=False)}; "
-        f"one decode at a time"
+        f"one utterance at a time (its two decodes in parallel, as served)"
     )
     print("sizes: " + ", ".join(f"{k} {getattr(args, k)}" for k in SIZES))
     print(machine_line(host))

@@ -323,7 +323,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     mem.add("before loading", rss_mb=memory["before_load_rss_mb"])
     mem.add("after loading", rss_mb=memory["after_load_rss_mb"], hwm_mb=after_load["VmHWM"])
-    mem.add("after 1.", rss_mb=memory["after_decoding_rss_mb"], hwm_mb=after_decoding["VmHWM"])
+    mem.add("after table 1", rss_mb=memory["after_decoding_rss_mb"], hwm_mb=after_decoding["VmHWM"])
     mem.add("at the end", rss_mb=memory["end_rss_mb"], hwm_mb=memory["peak_hwm_mb"])
     tables.append(mem)
     print(f"\n{mem.render()}")

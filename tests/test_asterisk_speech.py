@@ -32,18 +32,27 @@ PHRASES = {
     # accuracy benchmark), and this test is about barge-in, not about that weakness.
     "four_two": "four two",
     "one_two": "one two",
+    "sentence": "hello, yes, I have it here, just a moment",
+    "hello_hello": "hello? hello?",
+    "um_4155": "um, four one five five",
 }
+# A quiet caller: real lines carry speech 15-25 dB below espeak-ng's -20 dBFS.
+QUIET_PHRASES = {"quiet_pin": ("four two one five", -40.0)}
 
 
 @pytest.fixture(scope="module")
 def voices(asterisk: AsteriskSandbox) -> Iterator[dict[str, str]]:
     """Each phrase as a caller would send it: espeak-ng through an 8 kHz mu-law line."""
-    yield {
-        name: synthesize_caller_speech(
-            text, asterisk.paths.chroot_dir, f"test-{name}", words_per_minute=130
-        )
+    chroot = asterisk.paths.chroot_dir
+    made = {
+        name: synthesize_caller_speech(text, chroot, f"test-{name}", words_per_minute=130)
         for name, text in PHRASES.items()
     }
+    for name, (text, dbfs) in QUIET_PHRASES.items():
+        made[name] = synthesize_caller_speech(
+            text, chroot, f"test-{name}", words_per_minute=130, level_dbfs=dbfs
+        )
+    yield made
 
 
 @pytest.fixture
@@ -104,6 +113,63 @@ async def test_two_keys_then_voice_in_one_entry(
     entry = await stored_entry(speech_service.store, call.channel_id)
     sources = [e.source for e in entry.events if e.kind == "digit"]
     assert sources == ["key", "key", "voice", "voice"]
+
+
+async def test_a_sentence_then_four_keys_gives_exactly_the_keys(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=4,prompt=sound:beep", f"wait:0.5^play:{voices['sentence']}^wait:1^dtmf:4321"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "4321")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert [e.source for e in entry.events if e.kind == "digit"] == ["key"] * 4
+    utterances = [e for e in entry.events if e.kind == "utterance"]
+    assert utterances and all(e.rejected == "not_digits" for e in utterances), utterances
+
+
+async def test_a_quiet_caller_at_minus_40_dbfs_speaks_a_pin(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=4,label=pin,prompt=sound:beep", f"wait:0.5^play:{voices['quiet_pin']}"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    utterances = [(e.detail, e.rejected) for e in entry.events if e.kind == "utterance"]
+    assert (result.status, result.digits) == ("completed", "4215"), utterances
+    confidences = [e.confidence for e in entry.events if e.kind == "digit"]
+    assert len(confidences) == 4 and all(c is not None and 0 < c <= 1 for c in confidences)
+
+
+async def test_a_caller_who_only_says_hello_ends_no_input_with_no_digits(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    hello = f"play:{voices['hello_hello']}"
+    call = await speech_service.callers.place_call(
+        "num_digits=4,no_input_timeout=3,max_attempts=2,prompt=sound:beep",
+        f"wait:0.5^{hello}^wait:3^{hello}^wait:3^{hello}^wait:10",
+    )
+    result = await speech_service.callers.dialplan_result(call, within=40)
+    assert (result.status, result.digits) == ("no_input", "")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert [e for e in entry.events if e.kind == "digit"] == []
+    assert entry.attempts == 2  # the retry prompt was played, then it gave up
+    utterances = [e for e in entry.events if e.kind == "utterance"]
+    assert utterances and all(e.rejected is not None for e in utterances), utterances
+
+
+async def test_a_filler_then_digits_gives_exactly_the_digits(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=4,prompt=sound:beep", f"wait:0.5^play:{voices['um_4155']}"
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    utterances = [(e.detail, e.rejected) for e in entry.events if e.kind == "utterance"]
+    assert (result.status, result.digits) == ("completed", "4155"), utterances
 
 
 async def test_a_spoken_yes_confirms(speech_service: Service, voices: dict[str, str]) -> None:

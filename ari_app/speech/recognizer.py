@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import difflib
 import functools
 import itertools
 import logging
@@ -171,7 +172,7 @@ class Heard:
     score: float = 0.0  # the best restricted hypothesis' score (mean log-probability a token)
     # The restricted transcript's tokens, each with the unrestricted model's probability.
     tokens: tuple[tuple[str, float], ...] = ()
-    free_tokens: tuple[tuple[str, float], ...] = ()  # the same for the unrestricted transcript
+    free_score: float = -math.inf  # the unrestricted transcript's mean log-probability a token
 
     @classmethod
     def joined(cls, parts: list[Heard]) -> Heard:
@@ -186,7 +187,7 @@ class Heard:
             no_speech=min((p.no_speech for p in parts), default=1.0),
             score=min((p.score for p in parts), default=0.0),
             tokens=tuple(t for p in parts for t in p.tokens),
-            free_tokens=tuple(t for p in parts for t in p.free_tokens),
+            free_score=min((p.free_score for p in parts), default=-math.inf),
         )
 
 
@@ -344,21 +345,30 @@ class _Decoder:
         heard = set(self.tokenizer.encode(" " + text.strip())) | set(self.tokenizer.encode(text))
         return [t for t in self.suppress[vocabulary] if t not in heard]
 
-    def transcribe_freely(self, encoded: Any, max_new_tokens: int) -> tuple[str, float]:
-        """What Whisper hears with no vocabulary restriction (the second opinion that tells
-        talk, noise and digits apart), and its probability that the window holds no speech."""
-        (result,) = self.model.generate(
+    def start_free_transcript(self, encoded: Any, max_new_tokens: int) -> Any:
+        """Start decoding what Whisper hears with no vocabulary restriction (the second opinion
+        that tells talk, noise and digits apart) on CTranslate2's own workers, so it runs
+        beside the restricted decode; :meth:`free_transcript` waits for it."""
+        return self.model.generate(
             encoded,
             [self.prompt],
+            asynchronous=True,
             beam_size=self.settings.beam_size,
             max_length=min(self.max_length, len(self.prompt) + max_new_tokens),
+            return_scores=True,
             return_no_speech_prob=True,
             suppress_tokens=self.suppress["free"],
             suppress_blank=True,
         )
+
+    def free_transcript(self, started: Any) -> tuple[str, float, float]:
+        """The unrestricted transcript, its mean log-probability a token, and Whisper's
+        probability that there is no speech."""
+        (pending,) = started
+        result = pending.result()
         eot = self.tokenizer.eot
         text = self.tokenizer.decode([t for t in result.sequences_ids[0] if t < eot])
-        return text.strip(), float(result.no_speech_prob)
+        return text.strip(), float(result.scores[0]), float(result.no_speech_prob)
 
     def token_probabilities(self, encoded: Any, text: str, frames: int) -> list[tuple[str, float]]:
         """Each token of ``text`` with the probability the unrestricted model gives it, read by
@@ -491,7 +501,11 @@ _HESITATIONS = frozenset(
     {"um", "umm", "uh", "uhh", "uhm", "er", "erm", "ah", "ahh", "eh", "hm", "hmm", "mm", "mmm"}
     | {"mhm", "huh"}
 )
-_DIGIT_SOUNDING = frozenset({"oh", "o", "to", "too", "for", "won", "ate", "double", "triple"})
+_DIGIT_SOUNDING = frozenset(
+    {"oh", "o", "to", "too", "for", "won", "ate", "double", "triple"}
+    # What Whisper writes for a digit word it heard unclearly in a run ("four one time time").
+    | {"or", "do", "time", "times", "fine", "heaven", "free", "tree"}
+)
 _NEUTRAL_WORDS = _HESITATIONS | _DIGIT_SOUNDING
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
@@ -540,9 +554,21 @@ def digit_confidences(tokens: tuple[tuple[str, float], ...], digits: str) -> tup
     return tuple(round(c, 3) for c in confidences)
 
 
+def agreed(
+    confidences: tuple[float, ...], digits: str, free_digits: str, free_score: float
+) -> tuple[float, ...]:
+    """A digit both decodes wrote, in the same place of the run, is as sure as the surer of
+    the two: the forced digit's own probability, or the free transcript's (its mean token
+    probability). A digit only the restricted decode wrote keeps its own."""
+    support = math.exp(free_score) if math.isfinite(free_score) else 0.0
+    matcher = difflib.SequenceMatcher(None, digits, free_digits, autojunk=False)
+    both = {i + k for i, _, size in matcher.get_matching_blocks() for k in range(size)}
+    return tuple(round(max(c, support), 3) if i in both else c for i, c in enumerate(confidences))
+
+
 # Tuned on the tuning recordings and the bench's corpora (see bench/speech_accuracy.py).
-MAX_WORDS_FOR_A_DIGIT = 2  # a free transcript with more words than this is talk
-MIN_FORCED_CONFIDENCE = 0.004  # a digit Whisper did not write freely must reach this
+MAX_WORDS_FOR_A_DIGIT = 1  # a free transcript with more words than this is talk
+MIN_FORCED_CONFIDENCE = 0.003  # a digit Whisper did not write freely must reach this
 MAX_NO_SPEECH = 0.5  # ... in audio Whisper thinks holds speech
 
 
@@ -571,10 +597,12 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     if len(free.digits) > 1 or (free.digits and not free.ignored):
         if not heard.digits:
             return "", (), "unclear"
-        return heard.digits, confidences, None
+        return heard.digits, agreed(confidences, heard.digits, free.digits, heard.free_score), None
     reason = "not_digits" if talk else "no_speech"
     if not heard.digits or len(talk) > MAX_WORDS_FOR_A_DIGIT:
         return "", (), reason
+    if talk and len(heard.digits) > 1:
+        return "", (), reason  # words heard as several digits: "Main Street." as "9-3"
     if min(confidences) < MIN_FORCED_CONFIDENCE or heard.no_speech > MAX_NO_SPEECH:
         return "", (), reason if talk else "unclear"
     return heard.digits, confidences, None
@@ -886,22 +914,37 @@ class DigitRecognizer:
         budget = min(max_digits, math.ceil(5 * seconds) + 2)
         mel = decoder.mel(audio)
         encoded = decoder.encode(mel)
-        free_text, no_speech = decoder.transcribe_freely(encoded, 3 * budget + 16)
-        talk = spoken_words(free_text) if vocabulary == "digits" else []
-        mixed = bool(talk) and bool(words_to_digits(free_text).digits)
-        if talk and not mixed and len(talk) > MAX_WORDS_FOR_A_DIGIT:
-            # Talk without digits ("I don't have it here"): judged not_digits, no need to
-            # find out which digits it would be forced into.
-            return Heard(segments=len(spans), free_text=free_text, no_speech=no_speech)
-        suppress = decoder.allowing(vocabulary, framing_words(free_text)) if mixed else None
+        started = decoder.start_free_transcript(encoded, 3 * budget + 16)
         (nbest,) = decoder.search(
             encoded,
             1,
             vocabulary=vocabulary,
             max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
             hypotheses=5,
-            suppress=suppress,
         )
+        free_text, free_score, no_speech = decoder.free_transcript(started)
+        talk = spoken_words(free_text) if vocabulary == "digits" else []
+        mixed = bool(talk) and bool(words_to_digits(free_text).digits)
+        if talk and not mixed and len(talk) > MAX_WORDS_FOR_A_DIGIT:
+            # Talk without digits ("I don't have it here"): judged not_digits.
+            return Heard(
+                segments=len(spans),
+                free_text=free_text,
+                free_score=free_score,
+                no_speech=no_speech,
+            )
+        suppress = None
+        if mixed:
+            # Decoded again with the words around the digits allowed, so they stay words.
+            suppress = decoder.allowing(vocabulary, framing_words(free_text))
+            (nbest,) = decoder.search(
+                encoded,
+                1,
+                vocabulary=vocabulary,
+                max_new_tokens=3 * budget + 16,
+                hypotheses=5,
+                suppress=suppress,
+            )
         # There is speech: take the best hypothesis with 1..max_digits digits; when none has,
         # a decode that may only write single digits, at most max_digits of them.
         fits = [t for t, _ in nbest if 1 <= len(words_to_digits(t).digits) <= max_digits]
@@ -963,9 +1006,7 @@ class DigitRecognizer:
             no_speech=no_speech,
             score=nbest[0][1],
             tokens=tuple(decoder.token_probabilities(encoded, text, frames)) if text else (),
-            free_tokens=tuple(decoder.token_probabilities(encoded, free_text, frames))
-            if free_text
-            else (),
+            free_score=free_score,
         )
 
     def _per_segment(
