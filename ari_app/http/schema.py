@@ -166,7 +166,7 @@ _EVENT_SCHEMA: Final[dict[str, Any]] = {
         "rejected": {
             "type": ["string", "null"],
             "description": "why the recogniser rejected an utterance (not_digits, unclear, "
-            "no_speech, speech_unavailable, ...); null when it was accepted and on other kinds",
+            "no_speech); null when it was accepted and on other kinds",
         },
     },
 }

@@ -3,6 +3,8 @@
 What one utterance goes through (every choice here was measured; see ``bench/speech_accuracy.py``
 and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
 
+0. **Level.** The utterance is brought to -23 dBFS (:func:`normalise_level`, gain capped at
+   40 dB), so a caller at -50 dBFS and one at -10 reach Whisper alike.
 1. **Window.** The audio gets ``padding_ms`` of silence on each side and is zero-padded to a
    ``window_s`` (15 s) encoder window, not Whisper's usual 30 s: the encoder's cost grows faster
    than linearly with the window (about 160 ms for 15 s against 690 ms for 30 s on one core), and
@@ -39,8 +41,26 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
    hypothesis, a runaway repetition is cut to what the segments can hold, and the transcript's
    other digits stay as they are (a single segment's guess is weaker evidence than the whole).
 
+5. **A second opinion, and the judgement.** Restricted to digits, Whisper writes digits for
+   any sound: a sentence, a cough, a chime. So the same encoder output is also decoded with no
+   restriction (on CTranslate2's own workers, beside the restricted decode: it adds no latency
+   when a worker is free), and :func:`judge` keeps the digits only when that free transcript
+   backs them: it wrote digits too; or it wrote nothing, or a single word that is a lone digit
+   misheard ("Bye." for "five", "Kevin" for "seven"), and each forced digit is plausible to the
+   unrestricted model (teacher-forced token probability, :meth:`_Decoder.token_probabilities`:
+   about 0.001 for talk or noise forced into a digit, 0.01-0.3 for a mumbled digit). Talk
+   (``not_digits``), noise (``no_speech``) and improbable digits (``unclear``) give no digits.
+   In a mixed turn ("um, it's four one five five") the words around the digits are decoded
+   again with those words allowed, so they stay words instead of becoming digits. Other
+   candidates measured and not kept alone: the no-speech probability (0.05-0.55 on speech and
+   0.6-0.9 on noise, but "Hello? Hello?" scored 0.55); a likelihood ratio between the two
+   transcripts (a misheard "five" and a "yes" forced into "1" overlap). Each digit's confidence
+   is its teacher-forced probability, or the free transcript's mean token probability where
+   both decodes wrote it (:func:`agreed`).
+
 ``text`` is the raw transcript (the combined segments' transcripts in the fallback case);
-``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it.
+``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it once judged, and
+``heard`` the free transcript.
 
 Memory: loading the model fixes glibc's mmap threshold (see :func:`_fix_mmap_threshold`) and
 windows are decoded at most two at a time, so RSS does not ratchet up with each decode.
@@ -578,11 +598,13 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     Restricted to digits, Whisper writes digits for any sound; the unrestricted transcript says
     what the sound was. Digits are kept when Whisper, free to write anything, also wrote digits
     (the restricted transcript is kept then: it gets digits right more often). When it wrote
-    none, or one among other words ("which one?"),
-    it often mishears a lone digit as a word ("Bye." for "five", "Kevin" for "seven"), so
-    the forced digits are kept if the free transcript is at most MAX_WORDS_FOR_A_DIGIT words and
-    each forced digit is plausible to the unrestricted model: talk, a cough or a tone forced
-    into a digit scores about 0.001, a mumbled digit 0.01-0.3.
+    none, or one among other words ("which one?" is talk), it may still have misheard a lone
+    digit as a word ("Bye." for "five", "Kevin" for "seven"): the forced digit is kept if the
+    free transcript has at most MAX_WORDS_FOR_A_DIGIT word, words forced into several digits
+    are not ("Main Street." as "9-3"), and each forced digit is plausible to the unrestricted
+    model: talk, a cough or a tone forced into a digit scores about 0.001, a mumbled digit
+    0.01-0.3. Measured on the bench's non-digit corpus (tuning seed, and a second draw) and
+    the tuning recordings: see bench/speech_accuracy.py's rejection table.
     """
     if vocabulary != "digits":
         # A yes or no forced out of a cough would confirm digits the caller never checked.

@@ -73,8 +73,8 @@ class StoredEvent:
     detail: str | None = None
     # The recogniser's confidence in a voice digit, 0..1; None for keys and other kinds.
     confidence: float | None = None
-    # Why the recogniser rejected an utterance (e.g. "not_digits", "unclear", "no_speech",
-    # "speech_unavailable"); None when it was accepted, and on every other kind.
+    # Why the recogniser rejected an utterance ("not_digits", "unclear", "no_speech");
+    # None when it was accepted, and on every other kind.
     rejected: str | None = None
 
 

@@ -10,7 +10,7 @@ an entry could not tell a digit heard clearly from one guessed through noise, no
 digits to check first.
 
 ``entry_events.rejected``: on an ``utterance`` event the recogniser rejected, a short reason
-(``not_digits``, ``unclear``, ``no_speech``, ``speech_unavailable``, ...); NULL when the
+(``not_digits``, ``unclear``, ``no_speech``); NULL when the
 utterance was accepted and on every other kind. Before it, an utterance that yielded no digits
 was stored as its transcript alone and one the recogniser discarded not at all, so an operator
 could not tell speech that held no digits from noise, or from a recogniser that was down.
