@@ -588,7 +588,8 @@ def agreed(
 
 # Tuned on the tuning recordings and the bench's corpora (see bench/speech_accuracy.py).
 MAX_WORDS_FOR_A_DIGIT = 1  # a free transcript with more words than this is talk
-MIN_FORCED_CONFIDENCE = 0.003  # a digit Whisper did not write freely must reach this
+MIN_FORCED_CONFIDENCE = 0.005  # a digit Whisper did not write freely must reach this
+MIN_DIGIT_CONFIDENCE = 0.002  # any digit the free transcript does not back must reach this
 MAX_NO_SPEECH = 0.5  # ... in audio Whisper thinks holds speech
 
 
@@ -619,7 +620,10 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     if len(free.digits) > 1 or (free.digits and not free.ignored):
         if not heard.digits:
             return "", (), "unclear"
-        return heard.digits, agreed(confidences, heard.digits, free.digits, heard.free_score), None
+        confidences = agreed(confidences, heard.digits, free.digits, heard.free_score)
+        if min(confidences) < MIN_DIGIT_CONFIDENCE:
+            return "", (), "unclear"  # a digit neither decode backs: babble, a runaway loop
+        return heard.digits, confidences, None
     reason = "not_digits" if talk else "no_speech"
     if not heard.digits or len(talk) > MAX_WORDS_FOR_A_DIGIT:
         return "", (), reason
