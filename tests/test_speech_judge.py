@@ -20,6 +20,7 @@ from ari_app.speech.recognizer import (
     agreed,
     digit_confidences,
     framing_words,
+    free_digit_pattern,
     judge,
     normalise_level,
     spoken_words,
@@ -125,6 +126,33 @@ def test_digit_confidences_follow_the_tokens_that_made_each_digit() -> None:
 def test_agreement_raises_only_the_digits_both_decodes_wrote() -> None:
     assert agreed((0.1, 0.1, 0.1), "123", "13", math.log(0.8)) == (0.8, 0.1, 0.8)
     assert agreed((0.1,), "1", "", -math.inf) == (0.1,)
+    # A word that sounds like a digit backs whatever digit stands in its place.
+    assert agreed((0.1, 0.1, 0.1), "451", "?5?", math.log(0.8)) == (0.8, 0.8, 0.8)
+
+
+def test_the_free_digit_pattern_holds_digits_and_digit_sounds() -> None:
+    assert free_digit_pattern("For one time, time, zero, one.") == "?1??01"
+    assert free_digit_pattern("Hello there.") == ""
+
+
+def test_a_string_whose_fives_were_heard_as_time_is_kept() -> None:
+    h = heard(
+        "4 1 5 5",
+        [(" 4", 0.3), (" 1", 0.5), (" 5", 0.0005), (" 5", 0.0005)],
+        "For one time, time.",
+    )
+    assert judge(h, "digits")[0::2] == ("4155", None)
+
+
+def test_words_heard_as_more_digits_than_they_could_be_give_none() -> None:
+    h = heard("4 4", [(" 4", 0.3), (" 4", 0.3)], "Sure.")
+    assert judge(h, "digits") == ("", (), "not_digits")
+    four_seven_one_nine = heard(
+        "4, 7, 1, 9.",
+        [(" 4", 0.3), (",", 0.5), (" 7", 0.2), (",", 0.5), (" 1", 0.6), (" 9", 0.05)],
+        "for heaven, one dying.",
+    )
+    assert judge(four_seven_one_nine, "digits")[0] == "4719"
 
 
 def test_level_normalisation_brings_quiet_and_loud_callers_to_one_level() -> None:

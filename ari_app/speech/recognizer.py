@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import difflib
 import functools
 import itertools
 import logging
@@ -574,16 +573,50 @@ def digit_confidences(tokens: tuple[tuple[str, float], ...], digits: str) -> tup
     return tuple(round(c, 3) for c in confidences)
 
 
+def free_digit_pattern(text: str) -> str:
+    """The digits of a free transcript, one ``?`` for each word that sounds like a digit
+    Whisper misheard ("For one time, time" is ``?1??``): what the free decode backs."""
+    pattern = []
+    for token in _TOKEN.findall(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'")):
+        digits = words_to_digits(token).digits
+        if digits:
+            pattern.append(digits)
+        elif token.lower() in _DIGIT_SOUNDING:
+            pattern.append("?")
+    return "".join(pattern)
+
+
+def _backed_positions(digits: str, pattern: str) -> set[int]:
+    """Positions of ``digits`` in a longest in-order match with ``pattern`` (``?`` matches any
+    digit)."""
+    rows, cols = len(digits), len(pattern)
+    best = [[0] * (cols + 1) for _ in range(rows + 1)]
+    for i in range(rows - 1, -1, -1):
+        for j in range(cols - 1, -1, -1):
+            same = digits[i] == pattern[j] or pattern[j] == "?"
+            best[i][j] = max(best[i + 1][j], best[i][j + 1], best[i + 1][j + 1] + 1 if same else 0)
+    backed, i, j = set(), 0, 0
+    while i < rows and j < cols:
+        if (digits[i] == pattern[j] or pattern[j] == "?") and best[i][j] == best[i + 1][j + 1] + 1:
+            backed.add(i)
+            i, j = i + 1, j + 1
+        elif best[i + 1][j] >= best[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return backed
+
+
 def agreed(
-    confidences: tuple[float, ...], digits: str, free_digits: str, free_score: float
+    confidences: tuple[float, ...], digits: str, pattern: str, free_score: float
 ) -> tuple[float, ...]:
-    """A digit both decodes wrote, in the same place of the run, is as sure as the surer of
-    the two: the forced digit's own probability, or the free transcript's (its mean token
-    probability). A digit only the restricted decode wrote keeps its own."""
+    """A digit the free transcript backs (see :func:`free_digit_pattern`), in the same place of
+    the run, is as sure as the surer of the two decodes: the forced digit's own probability, or
+    the free transcript's mean token probability. A digit only the restricted decode wrote
+    keeps its own."""
     support = math.exp(free_score) if math.isfinite(free_score) else 0.0
-    matcher = difflib.SequenceMatcher(None, digits, free_digits, autojunk=False)
-    both = {i + k for i, _, size in matcher.get_matching_blocks() for k in range(size)}
-    return tuple(round(max(c, support), 3) if i in both else c for i, c in enumerate(confidences))
+    backed = _backed_positions(digits, pattern)
+    return tuple(round(max(c, support), 3) if i in backed else c for i, c in enumerate(confidences))
 
 
 # Tuned on the tuning recordings and the bench's corpora (see bench/speech_accuracy.py).
@@ -601,8 +634,8 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     (the restricted transcript is kept then: it gets digits right more often). When it wrote
     none, or one among other words ("which one?" is talk), it may still have misheard a lone
     digit as a word ("Bye." for "five", "Kevin" for "seven"): the forced digit is kept if the
-    free transcript has at most MAX_WORDS_FOR_A_DIGIT word, words forced into several digits
-    are not ("Main Street." as "9-3"), and each forced digit is plausible to the unrestricted
+    free transcript has at most MAX_WORDS_FOR_A_DIGIT word, there are no more forced digits
+    than words that could be digits, and each forced digit is plausible to the unrestricted
     model: talk, a cough or a tone forced into a digit scores about 0.001, a mumbled digit
     0.01-0.3. Measured on the bench's non-digit corpus (tuning seed, and a second draw) and
     the tuning recordings: see bench/speech_accuracy.py's rejection table.
@@ -620,15 +653,19 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     if len(free.digits) > 1 or (free.digits and not free.ignored):
         if not heard.digits:
             return "", (), "unclear"
-        confidences = agreed(confidences, heard.digits, free.digits, heard.free_score)
+        pattern = free_digit_pattern(heard.free_text)
+        confidences = agreed(confidences, heard.digits, pattern, heard.free_score)
         if min(confidences) < MIN_DIGIT_CONFIDENCE:
             return "", (), "unclear"  # a digit neither decode backs: babble, a runaway loop
         return heard.digits, confidences, None
     reason = "not_digits" if talk else "no_speech"
     if not heard.digits or len(talk) > MAX_WORDS_FOR_A_DIGIT:
         return "", (), reason
-    if talk and len(heard.digits) > 1:
-        return "", (), reason  # words heard as several digits: "Main Street." as "9-3"
+    pattern = free_digit_pattern(heard.free_text)
+    if (talk or pattern) and len(heard.digits) > len(pattern) + len(talk):
+        return "", (), reason  # more digits than sounds that could be digits: "Sure." as "4 4"
+    if any(c.isdigit() for c in pattern):  # "For one time, time": a digit run misheard
+        confidences = agreed(confidences, heard.digits, pattern, heard.free_score)
     if min(confidences) < MIN_FORCED_CONFIDENCE or heard.no_speech > MAX_NO_SPEECH:
         return "", (), reason if talk else "unclear"
     return heard.digits, confidences, None
