@@ -10,7 +10,10 @@ Rules in one breath: the prompt plays and keys typed over it are kept (the first
 reaching ``max_digits`` finishes at once; a stop key finishes with at least ``min_digits``;
 otherwise the per-digit timer decides. A failed attempt (no input, short, invalid) plays the
 invalid prompt and asks again, up to ``max_attempts``. With confirmation the digits are read back
-and 1 accepts, 2 rejects and asks again, silence repeats the question once.
+and 1 accepts, 2 rejects and asks again, silence repeats the question once; with
+``ask_for_confirmation=auto`` only an attempt holding a spoken digit below the entry's confidence
+threshold is read back. No input timer runs while the caller speaks; speech the recogniser
+rejected (talk, noise) is silence to the rules: the timers it paused go on from their deadlines.
 """
 
 from __future__ import annotations

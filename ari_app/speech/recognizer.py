@@ -523,7 +523,7 @@ _HESITATIONS = frozenset(
 _DIGIT_SOUNDING = frozenset(
     {"oh", "o", "to", "too", "for", "won", "ate", "double", "triple"}
     # What Whisper writes for a digit word it heard unclearly in a run ("four one time time").
-    | {"or", "do", "time", "times", "fine", "heaven", "free", "tree"}
+    | {"a", "or", "do", "time", "times", "fine", "heaven", "free", "tree"}
 )
 _NEUTRAL_WORDS = _HESITATIONS | _DIGIT_SOUNDING
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
