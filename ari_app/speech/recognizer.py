@@ -526,23 +526,24 @@ _DIGIT_SOUNDING = frozenset(
     | {"a", "or", "do", "time", "times", "fine", "heaven", "free", "tree"}
 )
 _NEUTRAL_WORDS = _HESITATIONS | _DIGIT_SOUNDING
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+")  # a word (inner apostrophe kept) or a numeral
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'"))
 
 
 def spoken_words(text: str) -> list[str]:
     """The words of an unrestricted transcript that are neither digits nor hesitations."""
-    words = _WORD.findall(text.lower().replace("\N{RIGHT SINGLE QUOTATION MARK}", "'"))
+    words = [token.lower() for token in _tokens(text)]
     return [w for w in words if w not in _NEUTRAL_WORDS and not words_to_digits(w).digits]
-
-
-_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+")
 
 
 def framing_words(text: str) -> str:
     """The words around a transcript's digits: before the first and after the last digit
     ("um, it's" ... "I think"). A word between digits is more likely a digit misheard
     ("4 1 time, time, 0 1" for "four one five five, oh one"), so it is not one of them."""
-    tokens = _TOKEN.findall(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'"))
+    tokens = _tokens(text)
     digit_like = [
         i
         for i, token in enumerate(tokens)
@@ -577,7 +578,7 @@ def free_digit_pattern(text: str) -> str:
     """The digits of a free transcript, one ``?`` for each word that sounds like a digit
     Whisper misheard ("For one time, time" is ``?1??``): what the free decode backs."""
     pattern = []
-    for token in _TOKEN.findall(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'")):
+    for token in _tokens(text):
         digits = words_to_digits(token).digits
         if digits:
             pattern.append(digits)
