@@ -14,13 +14,15 @@ and 1 accepts, 2 rejects and asks again, silence repeats the question once; with
 ``ask_for_confirmation=auto`` only an attempt holding a spoken digit below the entry's confidence
 threshold is read back. No input timer runs while the caller speaks; speech the recogniser
 rejected (talk, noise) is silence to the rules: the timers it paused go on from their deadlines.
+Keys pressed while an utterance is still being recognised wait for it, so the digits keep the
+order the caller gave them ("four one five five", then # ends the entry with 4155).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, StrEnum, auto
 
 from ari_app.params import (
@@ -253,7 +255,11 @@ class DigitCollector:
         self._next_token = 0
         self._terminated_by: TerminatedBy | None = None
         self._readbacks = 0
-        self._speaking = False
+        # Utterances begun (SpeechStarted) and not yet recognised (SpeechEnded): the adapter
+        # delivers exactly one SpeechEnded for each SpeechStarted.
+        self._utterances_pending = 0
+        self._held_keys: list[Digit] = []  # keys that wait for those utterances' digits
+        self._held_attempt = 0
         self.result: Result | None = None
 
     @classmethod
@@ -330,6 +336,10 @@ class DigitCollector:
             return []
         if self._phase not in (Phase.PROMPTING, Phase.COLLECTING):
             return []
+        if event.source is Source.KEY and self._utterances_pending:
+            self._held_keys.append(event)
+            self._held_attempt = self._attempt
+            return []
 
         actions: list[Action] = []
         if self._phase is Phase.PROMPTING:
@@ -346,6 +356,7 @@ class DigitCollector:
             return actions + self._complete(TerminatedBy.STOP_KEY, event.at)
 
         self._entered.append(key)
+        self._paused.clear()  # a digit supersedes the timers speech had paused
         self._digits.append(
             DigitRecord(
                 key,
@@ -398,17 +409,17 @@ class DigitCollector:
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         params = self._require_params()
-        if not params.accepts_speech or self._speaking:
+        if not params.accepts_speech:
             return []
+        self._utterances_pending += 1
+        if self._utterances_pending > 1:
+            return []  # still waiting for the previous utterance: its start did all this
         if self._phase is Phase.PROMPTING:
-            self._speaking = True
             self._phase = Phase.COLLECTING
             return self._stop_playing() + self._pause_input_timers()
         if self._phase is Phase.COLLECTING:
-            self._speaking = True
             return self._pause_input_timers()
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
-            self._speaking = True
             return self._stop_playing() + self._cancel_timers(Timer.CONFIRM)
         return []
 
@@ -416,8 +427,8 @@ class DigitCollector:
         params = self._require_params()
         if not params.accepts_speech:
             return []
-        was_speaking, self._speaking = self._speaking, False
-        paused, self._paused = self._paused, {}
+        was_speaking = self._utterances_pending > 0
+        self._utterances_pending = max(0, self._utterances_pending - 1)
         if event.transcript is not None or event.rejected is not None:
             self._record_step("utterance", event.at, event.transcript or "", event.rejected)
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
@@ -428,6 +439,8 @@ class DigitCollector:
                 # The caller talked over the read-back without a yes or no: ask again.
                 return self._read_back(event.at)
             if was_speaking and self._phase is Phase.AWAITING_ANSWER:
+                if self._utterances_pending:
+                    return []  # the next utterance may be the answer
                 return [self._start_timer(Timer.CONFIRM, params.confirm_timeout, event.at)]
             return []
         if self._phase is Phase.PROMPTING and event.digits:
@@ -435,6 +448,8 @@ class DigitCollector:
             actions: list[Action] = self._stop_playing()
         elif self._phase is Phase.COLLECTING:
             actions = []
+        elif self._phase is Phase.PROMPTING and not self._utterances_pending:
+            return self._release_held_keys(event.at)  # typed ahead over a new attempt's prompt
         else:
             return []
         confidences = event.confidences or ()
@@ -442,7 +457,18 @@ class DigitCollector:
             confidence = confidences[index] if index < len(confidences) else None
             actions += self._on_digit(Digit(key, event.at, Source.VOICE, confidence=confidence))
             if self._phase is not Phase.COLLECTING:
-                return actions  # finished, or a new attempt began; later words do not count
+                # Finished, or a new attempt began: later words and the keys held for them
+                # were meant for this attempt, not for what comes next.
+                self._held_keys.clear()
+                return actions
+        if self._utterances_pending:
+            # The caller spoke again before this utterance was recognised: the next one
+            # decides the timers, and the keys wait for its digits too.
+            return actions + self._pause_input_timers()
+        paused, self._paused = self._paused, {}
+        actions += self._release_held_keys(event.at)
+        if self._phase is not Phase.COLLECTING:
+            return actions
         if Timer.INTER_DIGIT in self._timer_tokens or Timer.NO_INPUT in self._timer_tokens:
             return actions
         if not event.digits and paused:
@@ -456,6 +482,21 @@ class DigitCollector:
             )
         elif self._playing is None:
             actions.append(self._start_timer(Timer.NO_INPUT, params.no_input_timeout, event.at))
+        return actions
+
+    def _release_held_keys(self, at: float) -> list[Action]:
+        """The keys pressed while speech was being recognised, after its digits, as long as
+        they still belong to the attempt they were pressed in. They are entered, and recorded,
+        at ``at``: a spoken digit's time is when it was recognised, and the keys follow it."""
+        held, self._held_keys = self._held_keys, []
+        actions: list[Action] = []
+        for key in held:
+            if (
+                self._phase not in (Phase.PROMPTING, Phase.COLLECTING)
+                or self._attempt != self._held_attempt
+            ):
+                break
+            actions += self._on_digit(replace(key, at=at))
         return actions
 
     def _on_confirmation_key(self, key: str, event: Digit) -> list[Action]:
@@ -477,6 +518,7 @@ class DigitCollector:
         params = self._require_params()
         self._attempt += 1
         self._entered = []
+        self._paused.clear()
         self._terminated_by = None
         self._readbacks = 0
         self._phase = Phase.PROMPTING
@@ -527,6 +569,7 @@ class DigitCollector:
         self._timer_tokens.clear()
         self._deadlines.clear()
         self._paused.clear()
+        self._held_keys.clear()
         self._phase = Phase.DONE
         self.result = Result(
             status=status,

@@ -115,6 +115,21 @@ async def test_two_keys_then_voice_in_one_entry(
     assert sources == ["key", "key", "voice", "voice"]
 
 
+async def test_keys_right_after_speech_come_after_its_digits(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    # The keys reach the app while "four one five" is still being recognised.
+    call = await speech_service.callers.place_call(
+        "min_digits=1,max_digits=10,prompt=sound:beep",
+        f"wait:0.5^play:{voices['group_415']}^dtmf:55#",
+    )
+    result = await speech_service.callers.dialplan_result(call, within=30)
+    assert (result.status, result.digits) == ("completed", "41555")
+    entry = await stored_entry(speech_service.store, call.channel_id)
+    assert [e.source for e in entry.events if e.kind == "digit"] == ["voice"] * 3 + ["key"] * 2
+    assert entry.terminated_by == "stop_key"
+
+
 async def test_a_sentence_then_four_keys_gives_exactly_the_keys(
     speech_service: Service, voices: dict[str, str]
 ) -> None:

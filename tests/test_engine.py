@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ari_app.engine import Confirmed, Digit, Source, Status, TerminatedBy, Timer, luhn_valid
+from ari_app.engine import (
+    Confirmed,
+    Digit,
+    Source,
+    SpeechEnded,
+    SpeechStarted,
+    Status,
+    TerminatedBy,
+    Timer,
+    luhn_valid,
+)
 from tests.engine_driver import Driver
 
 
@@ -423,8 +433,6 @@ def speak(
 ) -> None:
     """The caller talks for ``lasting`` seconds; recognition reports ``digits`` (or rejects
     the utterance, giving why)."""
-    from ari_app.engine import SpeechEnded, SpeechStarted
-
     d.advance(after)
     d.send(SpeechStarted(d.now))
     d.advance(lasting)
@@ -459,8 +467,6 @@ def test_no_input_timer_does_not_run_while_the_caller_speaks() -> None:
 def test_a_discarded_utterance_is_silence_to_the_no_input_timer() -> None:
     d = Driver.start("num_digits=4", "no_input_timeout=3", "max_attempts=1")
     d.finish_prompt()
-    from ari_app.engine import SpeechEnded, SpeechStarted
-
     d.advance(1)
     d.send(SpeechStarted(d.now))
     d.advance(1)
@@ -586,6 +592,96 @@ def test_keys_and_voice_mix_in_one_entry() -> None:
     result = d.finished
     assert result.user_input == "123456"
     assert [r.source for r in result.digits] == [Source.KEY] * 2 + [Source.VOICE] * 4
+
+
+def test_keys_pressed_while_speech_is_recognised_come_after_its_digits() -> None:
+    d = Driver.start("num_digits=6")
+    d.finish_prompt()
+    d.advance(0.5)
+    d.send(SpeechStarted(d.now))
+    d.advance(1.5)  # "four one five" ends; the recogniser is still at work
+    d.keys("55", gap=0.2)
+    assert d.collector.digits_missing == 6  # the keys wait for the spoken digits
+    d.advance(0.3)
+    d.send(SpeechEnded(d.now, "four one five", "415", None, (0.9, 0.9, 0.9)))
+    assert d.collector.digits_missing == 1
+    d.keys("0")
+    result = d.finished
+    assert result.user_input == "415550"
+    assert [r.source for r in result.digits] == [Source.VOICE] * 3 + [Source.KEY] * 3
+    times = [r.at_ms for r in result.digits]
+    assert times == sorted(times)  # the held keys are recorded when they were entered
+
+
+def test_a_stop_key_after_spoken_digits_waits_for_them() -> None:
+    d = Driver.start("min_digits=1", "max_digits=10")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.0)
+    d.keys("#")  # "one two three four" then pound, before the words are recognised
+    assert d.result is None
+    d.advance(0.4)
+    d.send(SpeechEnded(d.now, "1 2 3 4", "1234", None, (0.9,) * 4))
+    result = d.finished
+    assert (result.status, result.user_input) == (Status.COMPLETED, "1234")
+    assert result.terminated_by is TerminatedBy.STOP_KEY
+
+
+def test_keys_held_for_rejected_speech_are_entered_when_it_is_judged() -> None:
+    d = Driver.start("num_digits=4")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.0)
+    d.keys("1234")
+    assert d.result is None
+    d.send(SpeechEnded(d.now, "hello, it's me", rejected="not_digits"))
+    assert d.finished.user_input == "1234"
+    assert [r.source for r in d.finished.digits] == [Source.KEY] * 4
+
+
+def test_keys_held_for_speech_that_completes_the_entry_are_dropped() -> None:
+    d = Driver.start("num_digits=2", "ask_for_confirmation=yes")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.0)
+    d.keys("1")  # not an answer to a read-back that has not begun
+    d.send(SpeechEnded(d.now, "four two", "42", None, (0.9, 0.9)))
+    assert d.playing is not None and d.playing.reads_digits
+    d.finish_prompt()
+    assert d.result is None
+    d.keys("1")
+    assert (d.finished.status, d.finished.user_input) == (Status.COMPLETED, "42")
+
+
+def test_a_second_utterance_before_the_first_is_recognised_keeps_the_timers_paused() -> None:
+    d = Driver.start("num_digits=8", "dtmf_input_timeout=2")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.0)
+    d.send(SpeechStarted(d.now))  # the caller goes on while the first words are decoded
+    d.advance(0.3)
+    d.send(SpeechEnded(d.now, "4 1 5 5", "4155", None, (0.9,) * 4))
+    assert Timer.INTER_DIGIT not in d.timers  # the caller is still speaking
+    d.keys("9")  # waits for the second utterance
+    d.advance(5.0)
+    assert d.result is None
+    d.send(SpeechEnded(d.now, "0 1 2", "012", None, (0.9,) * 3))
+    assert d.finished.user_input == "41550129"
+
+
+def test_rejected_second_utterance_resumes_the_timer_the_digits_started() -> None:
+    d = Driver.start("min_digits=2", "max_digits=8", "dtmf_input_timeout=3")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.0)
+    d.send(SpeechStarted(d.now))
+    d.send(SpeechEnded(d.now, "4 1", "41", None, (0.9, 0.9)))
+    d.advance(2.0)
+    d.send(SpeechEnded(d.now, "um", rejected="not_digits"))
+    d.advance(0.9)  # 2.9 s after the digits
+    assert d.result is None
+    d.advance(0.2)
+    assert (d.finished.user_input, d.finished.terminated_by) == ("41", TerminatedBy.TIMEOUT)
 
 
 def test_digits_missing_counts_down_an_exact_entry_only() -> None:

@@ -59,8 +59,9 @@ class ScriptedRecognizer:
     """Answers each utterance with the next script line: a transcript, or ``reject:WHY:HEARD``
     for an utterance the recogniser rejects."""
 
-    def __init__(self, *texts: str) -> None:
+    def __init__(self, *texts: str, seconds: float = 0.01) -> None:
         self.texts = list(texts)
+        self.seconds = seconds  # each decode's time
         self.heard: list[tuple[int, str, int | None]] = []
 
     async def recognize(
@@ -72,7 +73,7 @@ class ScriptedRecognizer:
         expected_digits: int | None = None,
     ) -> Recognition:
         self.heard.append((len(audio), vocabulary, expected_digits))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(self.seconds)
         text = self.texts.pop(0)
         if text.startswith("reject:"):
             _, why, heard = text.split(":", 2)
@@ -175,3 +176,29 @@ async def test_a_rejected_utterance_reaches_the_session_as_no_digits_with_its_re
     assert target.rejected == ["not_digits"]
     scraped = metrics.exposition("text/plain")[0].decode()
     assert 'ari_digits_speech_rejected_total{reason="not_digits"} 1.0' in scraped
+
+
+async def test_a_burst_too_short_to_decode_ends_after_the_words_before_it(tmp_path: Path) -> None:
+    target = Target()
+    recognizer = ScriptedRecognizer("Five, five, five.", seconds=0.3)
+    listener = SpeechListener(target, recognizer, label="t", max_digits=10)
+    words = spoken_pcm16("five five five", tmp_path)
+    vowel = np.frombuffer(spoken_pcm16("ah", tmp_path), dtype="<i2")
+    onset = int(np.argmax(np.abs(vowel) > 500))
+    burst = vowel[onset : onset + 16 * 130].tobytes()  # 130 ms: speech, too short for a word
+    try:
+        for packet in as_rtp(words, silence_after=0.6) + as_rtp(burst, silence_before=0.0):
+            listener.on_packet(packet)
+        async with asyncio.timeout(2):
+            while len([e for e in target.events if e[0] == "ended"]) < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    # Every onset has its end, in order: the session holds keys until both are known.
+    assert target.events == [
+        ("started",),
+        ("started",),
+        ("ended", "Five, five, five.", "555", "None"),
+        ("ended", "", "", "None"),
+    ]
+    assert len(recognizer.heard) == 1

@@ -22,6 +22,7 @@ from ari_app.speech.vad import (
     DTMF_COLUMN_HZ,
     DTMF_ROW_HZ,
     FLOOR_WINDOW_MS,
+    SpeechDropped,
     SpeechStarted,
     Utterance,
     UtteranceSegmenter,
@@ -369,7 +370,7 @@ def test_hysteresis_start_and_end() -> None:
 
 def test_short_bursts_are_dropped_and_counted() -> None:
     segmenter = Scripted("0" * 10 + "1111111" + "0" * 30)  # 140 ms < min_utterance_ms
-    assert segmenter.run() == [SpeechStarted(at_ms=200)]
+    assert segmenter.run() == [SpeechStarted(at_ms=200), SpeechDropped(at_ms=200)]
     assert segmenter.counters["dropped_short"] == 1
 
 

@@ -2,7 +2,9 @@
 
 packets → :class:`AudioAssembler` (order, gaps) → :class:`UtteranceSegmenter` (voice activity)
 → :class:`DigitRecognizer` (Whisper, in its executor) → words → the call session. Speech onset
-is delivered at once (barge-in); each utterance is delivered when recognised, in order.
+is delivered at once (barge-in); each utterance is delivered when recognised, in order, and every
+onset gets exactly one end (a burst too short to decode ends as nothing heard), so the session
+can hold keys pressed meanwhile until the words before them are known.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy.typing as npt
 from ari_app.metrics import Metrics, discarded_metrics
 from ari_app.speech.recognizer import Recognition, Vocabulary
 from ari_app.speech.rtp import AudioAssembler, RtpPacket
-from ari_app.speech.vad import SpeechStarted, Utterance, UtteranceSegmenter
+from ari_app.speech.vad import SpeechDropped, SpeechStarted, Utterance, UtteranceSegmenter
 from ari_app.speech.words import confirmation_answer
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,7 @@ class SpeechListener:
         self._assembler = AudioAssembler()
         self._segmenter = UtteranceSegmenter()
         # Utterances are recognised one after another so their results arrive in order.
-        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue()
-        self.utterances_heard = 0
+        self._utterances: asyncio.Queue[Utterance | SpeechDropped] = asyncio.Queue()
         self._worker = asyncio.create_task(self._recognise_in_order(), name=f"speech-{label}")
 
     def on_packet(self, packet: RtpPacket) -> None:
@@ -89,12 +90,14 @@ class SpeechListener:
                 if isinstance(event, SpeechStarted):
                     self._target.deliver_speech_started()
                 else:
-                    self.utterances_heard += 1
-                    self._utterances.put_nowait(event)
+                    self._utterances.put_nowait(event)  # a drop waits for the words before it
 
     async def _recognise_in_order(self) -> None:
         while True:
             utterance = await self._utterances.get()
+            if isinstance(utterance, SpeechDropped):
+                self._target.deliver_speech_ended(None)
+                continue
             try:
                 # Decoding is restricted to what the caller may say now: digits, or yes/no too.
                 vocabulary: Vocabulary = "confirmation" if self._target.expects_answer else "digits"

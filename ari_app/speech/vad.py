@@ -2,8 +2,9 @@
 
 One :class:`UtteranceSegmenter` per entry. Feed it 20 ms frames of little-endian int16 PCM (what
 :class:`ari_app.speech.rtp.AudioAssembler` produces: 640 bytes at 16 kHz) and act on what
-:meth:`~UtteranceSegmenter.feed` returns: :class:`SpeechStarted` (barge-in: stop the prompt) and
-:class:`Utterance` (float32 audio to decode). It never touches a clock or a socket: time is the
+:meth:`~UtteranceSegmenter.feed` returns: :class:`SpeechStarted` (barge-in: stop the prompt),
+then either :class:`Utterance` (float32 audio to decode) or :class:`SpeechDropped` (too short to
+be a word). It never touches a clock or a socket: time is the
 count of frames fed, so ``at_ms``/``start_ms``/``end_ms`` are milliseconds since the first frame.
 
 Per frame, a frame is *voiced* when all of these hold:
@@ -34,8 +35,9 @@ frames), so it fires ``start_ms`` after the caller starts. A click (webrtcvad's 
 unvoiced frames; ``end_ms`` is the end of its last voiced frame. An utterance reaching
 ``max_utterance_ms`` is cut there; if the caller goes on, a new one starts (a new SpeechStarted
 after ``start_ms``, its pre-roll overlapping the cut). One whose voiced span is shorter than
-``min_utterance_ms`` is dropped; its SpeechStarted has already been returned, so a SpeechStarted
-is not always followed by an Utterance. Silence of any length returns nothing.
+``min_utterance_ms`` is dropped: :class:`SpeechDropped` answers its SpeechStarted, so every
+SpeechStarted is followed by exactly one Utterance or SpeechDropped (whoever waits for the words
+of a speech onset always hears how it ended). Silence of any length returns nothing.
 
 :class:`Utterance` audio is ``pad_ms`` of real audio before the onset, the utterance, and
 ``pad_ms`` of real audio after its last voiced frame, with zeros where there is none (the stream's
@@ -94,6 +96,13 @@ AGC_MAX_PEAK = 0.7 * 32768  # the AGC never drives a frame into clipping
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
     """Speech began at ``at_ms`` (ms since the first frame); returned ``start_ms`` later."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechDropped:
+    """The speech that began at ``at_ms`` was too short to be a word: nothing to decode."""
 
     at_ms: int
 
@@ -218,7 +227,7 @@ class UtteranceSegmenter:
         """True between a SpeechStarted and the end of its utterance."""
         return self._in_speech
 
-    def feed(self, frame: bytes) -> list[SpeechStarted | Utterance]:
+    def feed(self, frame: bytes) -> list[SpeechStarted | Utterance | SpeechDropped]:
         """One 20 ms frame of little-endian int16 PCM (640 bytes at 16 kHz)."""
         if len(frame) != self.frame_bytes:
             raise ValueError(f"a frame is {self.frame_bytes} bytes, got {len(frame)}")
@@ -248,7 +257,7 @@ class UtteranceSegmenter:
             return list(self._finish())
         return []
 
-    def flush(self) -> list[Utterance]:
+    def flush(self) -> list[Utterance | SpeechDropped]:
         """End of stream: the utterance in progress, if any (its missing context zero-padded)."""
         finished = self._finish() if self._in_speech else []
         self._voiced_run = 0
@@ -312,8 +321,8 @@ class UtteranceSegmenter:
         self._preroll = preroll
         return SpeechStarted(at_ms=self._onset * FRAME_MS)
 
-    def _finish(self) -> list[Utterance]:
-        """End the utterance in progress at its last voiced frame: [it], or [] if too short."""
+    def _finish(self) -> list[Utterance | SpeechDropped]:
+        """End the utterance in progress at its last voiced frame (dropped if too short)."""
         self._in_speech = False
         self._voiced_run = 0
         body = np.concatenate(self._body)
@@ -322,7 +331,7 @@ class UtteranceSegmenter:
         end_ms = (self._last_voiced + 1) * FRAME_MS
         if end_ms - start_ms < self._min_ms:
             self.counters["dropped_short"] += 1
-            return []
+            return [SpeechDropped(at_ms=start_ms)]
         voiced_samples = (self._last_voiced + 1 - self._onset) * self.frame_samples
         tail = body[voiced_samples : voiced_samples + self._pad_samples]
         audio = np.zeros(len(self._preroll) + voiced_samples + self._pad_samples, np.float32)
