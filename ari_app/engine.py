@@ -73,6 +73,12 @@ class Timer(StrEnum):
     INTER_DIGIT = "inter_digit"
     ATTEMPT = "attempt"
     CONFIRM = "confirm"
+    HELD_KEYS = "held_keys"
+
+
+# Keys wait at most this long for the speech before them to be recognised (a decode takes well
+# under a second; an audio stream that stops mid-word must not swallow the keys).
+HELD_KEYS_MAX_WAIT_S = 3.0
 
 
 # --- events (inputs) ---------------------------------------------------------------------
@@ -339,7 +345,9 @@ class DigitCollector:
         if event.source is Source.KEY and self._utterances_pending:
             self._held_keys.append(event)
             self._held_attempt = self._attempt
-            return []
+            if Timer.HELD_KEYS in self._timer_tokens:
+                return []
+            return [self._start_timer(Timer.HELD_KEYS, HELD_KEYS_MAX_WAIT_S, event.at)]
 
         actions: list[Action] = []
         if self._phase is Phase.PROMPTING:
@@ -391,6 +399,10 @@ class DigitCollector:
             return []  # cancelled or restarted after it fired
         del self._timer_tokens[event.timer]
         self._deadlines.pop(event.timer, None)
+        if event.timer is Timer.HELD_KEYS:
+            # The speech before the keys was never recognised: it counts as nothing heard.
+            self._utterances_pending = 0
+            return self._release_held_keys(event.at)
         if event.timer is Timer.CONFIRM:
             if self._phase is not Phase.AWAITING_ANSWER:
                 return []
@@ -460,7 +472,7 @@ class DigitCollector:
                 # Finished, or a new attempt began: later words and the keys held for them
                 # were meant for this attempt, not for what comes next.
                 self._held_keys.clear()
-                return actions
+                return actions + self._cancel_timers(Timer.HELD_KEYS)
         if self._utterances_pending:
             # The caller spoke again before this utterance was recognised: the next one
             # decides the timers, and the keys wait for its digits too.
@@ -489,7 +501,7 @@ class DigitCollector:
         they still belong to the attempt they were pressed in. They are entered, and recorded,
         at ``at``: a spoken digit's time is when it was recognised, and the keys follow it."""
         held, self._held_keys = self._held_keys, []
-        actions: list[Action] = []
+        actions: list[Action] = self._cancel_timers(Timer.HELD_KEYS)
         for key in held:
             if (
                 self._phase not in (Phase.PROMPTING, Phase.COLLECTING)

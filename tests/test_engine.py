@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ari_app.engine import (
+    HELD_KEYS_MAX_WAIT_S,
     Confirmed,
     Digit,
     Source,
@@ -653,8 +654,22 @@ def test_keys_held_for_speech_that_completes_the_entry_are_dropped() -> None:
     assert (d.finished.status, d.finished.user_input) == (Status.COMPLETED, "42")
 
 
+def test_keys_wait_for_speech_that_is_never_recognised_only_a_bounded_time() -> None:
+    d = Driver.start("num_digits=3", "dtmf_input_timeout=5")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))  # the audio then stops mid-word: no SpeechEnded comes
+    d.advance(0.5)
+    d.keys("12", gap=0.2)
+    d.advance(HELD_KEYS_MAX_WAIT_S - 0.3)
+    assert d.collector.digits_missing == 3
+    d.advance(0.2)
+    assert d.collector.digits_missing == 1
+    d.keys("3")
+    assert d.finished.user_input == "123"
+
+
 def test_a_second_utterance_before_the_first_is_recognised_keeps_the_timers_paused() -> None:
-    d = Driver.start("num_digits=8", "dtmf_input_timeout=2")
+    d = Driver.start("num_digits=8", "dtmf_input_timeout=1")
     d.finish_prompt()
     d.send(SpeechStarted(d.now))
     d.advance(1.0)
@@ -663,7 +678,7 @@ def test_a_second_utterance_before_the_first_is_recognised_keeps_the_timers_paus
     d.send(SpeechEnded(d.now, "4 1 5 5", "4155", None, (0.9,) * 4))
     assert Timer.INTER_DIGIT not in d.timers  # the caller is still speaking
     d.keys("9")  # waits for the second utterance
-    d.advance(5.0)
+    d.advance(1.5)
     assert d.result is None
     d.send(SpeechEnded(d.now, "0 1 2", "012", None, (0.9,) * 3))
     assert d.finished.user_input == "41550129"
