@@ -89,6 +89,7 @@ from speech_tables import (
     write_json,
 )
 
+from ari_app.params import DEFAULT_CONFIDENCE_THRESHOLD
 from ari_app.speech.recognizer import (
     SAMPLE_RATE,
     DigitRecognizer,
@@ -107,7 +108,7 @@ REASONS = ("not_digits", "unclear", "no_speech")
 TABLES = ("tuning", "synthetic", "rejection", "mixed")
 REJECTION_MAX_DIGITS = 10
 STRING_LENGTHS = (4, 10, 7, 5, 9, 6, 8)  # synthetic strings: 4 and 10 first (table f needs both)
-DEFAULT_THRESHOLDS = (0.5,)  # the engine's default confidence_threshold
+DEFAULT_THRESHOLDS = (DEFAULT_CONFIDENCE_THRESHOLD,)
 
 # Corpus sizes: (default, --quick).
 SIZES: dict[str, tuple[int, int]] = {

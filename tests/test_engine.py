@@ -570,7 +570,7 @@ def test_auto_confirmation_reads_back_only_an_uncertain_spoken_entry() -> None:
     unsure = Driver.start("num_digits=3", "ask_for_confirmation=auto")
     unsure.finish_prompt()
     unsure.keys("5")
-    speak(unsure, "55", confidences=(0.9, 0.3))
+    speak(unsure, "55", confidences=(0.9, 0.2))
     assert unsure.result is None
     assert unsure.playing is not None and unsure.playing.reads_digits
     unsure.finish_prompt()

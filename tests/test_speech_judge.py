@@ -7,8 +7,6 @@ The cases are shaped like real ones from the benchmark: what Whisper wrote restr
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -21,6 +19,7 @@ from ari_app.speech.recognizer import (
     digit_confidences,
     framing_words,
     free_digit_pattern,
+    free_digit_support,
     judge,
     normalise_level,
     spoken_words,
@@ -55,7 +54,8 @@ def test_digits_both_decodes_wrote_are_kept_and_sure() -> None:
     )
     digits, confidences, rejected = judge(h, "digits")
     assert (digits, rejected) == ("4155", None)
-    # Where the free transcript backs a digit, its mean token probability (e^-0.3) counts.
+    # Where the free transcript backs a digit and its tokens were not read, its mean token
+    # probability (e^-0.3) stands for each of its words.
     assert confidences == (0.741, 0.741, 0.8, 0.9)
 
 
@@ -124,10 +124,18 @@ def test_digit_confidences_follow_the_tokens_that_made_each_digit() -> None:
 
 
 def test_agreement_raises_only_the_digits_both_decodes_wrote() -> None:
-    assert agreed((0.1, 0.1, 0.1), "123", "13", math.log(0.8)) == (0.8, 0.1, 0.8)
-    assert agreed((0.1,), "1", "", -math.inf) == (0.1,)
+    assert agreed((0.1, 0.1, 0.1), "123", "13", (0.8, 0.6)) == (0.8, 0.1, 0.6)
+    assert agreed((0.1,), "1", "", ()) == (0.1,)
+    assert agreed((0.9,), "1", "1", (0.3,)) == (0.9,)  # the surer of the two
     # A word that sounds like a digit backs whatever digit stands in its place.
-    assert agreed((0.1, 0.1, 0.1), "451", "?5?", math.log(0.8)) == (0.8, 0.8, 0.8)
+    assert agreed((0.1, 0.1, 0.1), "451", "?5?", (0.8, 0.7, 0.2)) == (0.8, 0.7, 0.2)
+
+
+def test_free_support_is_the_probability_of_the_word_in_each_place() -> None:
+    tokens = ((" For", 0.3), (" 1", 0.9), (",", 0.5), (" t", 0.6), ("ime", 0.2), (" 41", 0.7))
+    assert free_digit_support("For 1, time 41", tokens) == (0.3, 0.9, 0.2, 0.7, 0.7)
+    assert free_digit_support("Something else", tokens) == ()  # tokens of another text
+    assert free_digit_support("For 1", ()) == ()
 
 
 def test_the_free_digit_pattern_holds_digits_and_digit_sounds() -> None:

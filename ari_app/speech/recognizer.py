@@ -192,6 +192,8 @@ class Heard:
     # The restricted transcript's tokens, each with the unrestricted model's probability.
     tokens: tuple[tuple[str, float], ...] = ()
     free_score: float = -math.inf  # the unrestricted transcript's mean log-probability a token
+    # The unrestricted transcript's tokens, each with its probability (read when it has digits).
+    free_tokens: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def joined(cls, parts: list[Heard]) -> Heard:
@@ -207,6 +209,7 @@ class Heard:
             score=min((p.score for p in parts), default=0.0),
             tokens=tuple(t for p in parts for t in p.tokens),
             free_score=min((p.free_score for p in parts), default=-math.inf),
+            free_tokens=tuple(t for p in parts for t in p.free_tokens),
         )
 
 
@@ -574,32 +577,55 @@ def digit_confidences(tokens: tuple[tuple[str, float], ...], digits: str) -> tup
     return tuple(round(c, 3) for c in confidences)
 
 
+def _pattern_words(text: str) -> list[tuple[str, int, int]]:
+    """Each word of ``text`` that backs digits: (its digits or ``?``, start, end)."""
+    words = []
+    for match in _TOKEN.finditer(text.replace("\N{RIGHT SINGLE QUOTATION MARK}", "'")):
+        digits = words_to_digits(match.group()).digits
+        if digits or match.group().lower() in _DIGIT_SOUNDING:
+            words.append((digits or "?", match.start(), match.end()))
+    return words
+
+
 def free_digit_pattern(text: str) -> str:
     """The digits of a free transcript, one ``?`` for each word that sounds like a digit
     Whisper misheard ("For one time, time" is ``?1??``): what the free decode backs."""
-    pattern = []
-    for token in _tokens(text):
-        digits = words_to_digits(token).digits
-        if digits:
-            pattern.append(digits)
-        elif token.lower() in _DIGIT_SOUNDING:
-            pattern.append("?")
-    return "".join(pattern)
+    return "".join(digits for digits, _, _ in _pattern_words(text))
 
 
-def _backed_positions(digits: str, pattern: str) -> set[int]:
+def free_digit_support(text: str, tokens: tuple[tuple[str, float], ...]) -> tuple[float, ...]:
+    """One probability per character of :func:`free_digit_pattern`: the lowest probability
+    among the free transcript's tokens that wrote its word. Empty when the tokens do not spell
+    ``text`` (they were not read)."""
+    spelled = "".join(token for token, _ in tokens)
+    if not tokens or spelled.strip() != text.strip():
+        return ()
+    offset = len(spelled) - len(spelled.lstrip()) - (len(text) - len(text.lstrip()))
+    spans, at = [], 0
+    for token, probability in tokens:
+        spans.append((at - offset, at - offset + len(token), probability))
+        at += len(token)
+    support: list[float] = []
+    for digits, start, end in _pattern_words(text):
+        inside = [q for a, b, q in spans if a < end and b > start]
+        support += [min(inside, default=0.0)] * len(digits)
+    return tuple(support)
+
+
+def _backed_positions(digits: str, pattern: str) -> dict[int, int]:
     """Positions of ``digits`` in a longest in-order match with ``pattern`` (``?`` matches any
-    digit)."""
+    digit), each with the position of ``pattern`` that backs it."""
     rows, cols = len(digits), len(pattern)
     best = [[0] * (cols + 1) for _ in range(rows + 1)]
     for i in range(rows - 1, -1, -1):
         for j in range(cols - 1, -1, -1):
             same = digits[i] == pattern[j] or pattern[j] == "?"
             best[i][j] = max(best[i + 1][j], best[i][j + 1], best[i + 1][j + 1] + 1 if same else 0)
-    backed, i, j = set(), 0, 0
+    backed: dict[int, int] = {}
+    i, j = 0, 0
     while i < rows and j < cols:
         if (digits[i] == pattern[j] or pattern[j] == "?") and best[i][j] == best[i + 1][j + 1] + 1:
-            backed.add(i)
+            backed[i] = j
             i, j = i + 1, j + 1
         elif best[i + 1][j] >= best[i][j + 1]:
             i += 1
@@ -609,15 +635,27 @@ def _backed_positions(digits: str, pattern: str) -> set[int]:
 
 
 def agreed(
-    confidences: tuple[float, ...], digits: str, pattern: str, free_score: float
+    confidences: tuple[float, ...], digits: str, pattern: str, support: tuple[float, ...]
 ) -> tuple[float, ...]:
     """A digit the free transcript backs (see :func:`free_digit_pattern`), in the same place of
     the run, is as sure as the surer of the two decodes: the forced digit's own probability, or
-    the free transcript's mean token probability. A digit only the restricted decode wrote
-    keeps its own."""
-    support = math.exp(free_score) if math.isfinite(free_score) else 0.0
+    the probability of the free transcript's word in its place (``support``, one per
+    character of ``pattern``). A digit only the restricted decode wrote keeps its own."""
     backed = _backed_positions(digits, pattern)
-    return tuple(round(max(c, support), 3) if i in backed else c for i, c in enumerate(confidences))
+    return tuple(
+        round(max(c, support[backed[i]]), 3) if i in backed else c
+        for i, c in enumerate(confidences)
+    )
+
+
+def _support(heard: Heard, pattern: str) -> tuple[float, ...]:
+    """Each pattern character's probability; the transcript's mean token probability for all
+    of them when its tokens were not read."""
+    support = free_digit_support(heard.free_text, heard.free_tokens)
+    if len(support) == len(pattern):
+        return support
+    mean = math.exp(heard.free_score) if math.isfinite(heard.free_score) else 0.0
+    return (mean,) * len(pattern)
 
 
 # Tuned on the tuning recordings and the bench's corpora (see bench/speech_accuracy.py).
@@ -655,7 +693,7 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
         if not heard.digits:
             return "", (), "unclear"
         pattern = free_digit_pattern(heard.free_text)
-        confidences = agreed(confidences, heard.digits, pattern, heard.free_score)
+        confidences = agreed(confidences, heard.digits, pattern, _support(heard, pattern))
         if min(confidences) < MIN_DIGIT_CONFIDENCE:
             return "", (), "unclear"  # a digit neither decode backs: babble, a runaway loop
         return heard.digits, confidences, None
@@ -666,7 +704,7 @@ def judge(heard: Heard, vocabulary: Vocabulary) -> tuple[str, tuple[float, ...],
     if (talk or pattern) and len(heard.digits) > len(pattern) + len(talk):
         return "", (), reason  # more digits than sounds that could be digits: "Sure." as "4 4"
     if any(c.isdigit() for c in pattern):  # "For one time, time": a digit run misheard
-        confidences = agreed(confidences, heard.digits, pattern, heard.free_score)
+        confidences = agreed(confidences, heard.digits, pattern, _support(heard, pattern))
     if min(confidences) < MIN_FORCED_CONFIDENCE or heard.no_speech > MAX_NO_SPEECH:
         return "", (), reason if talk else "unclear"
     return heard.digits, confidences, None
@@ -1061,6 +1099,11 @@ class DigitRecognizer:
         frames = min(
             mel.shape[1], math.ceil(len(audio) / _HOP) + 2 * self.settings.padding_ms // 10
         )
+        pattern = free_digit_pattern(free_text) if vocabulary == "digits" else ""
+        # Each digit's confidence comes from the free transcript where it wrote the digit, and
+        # from the forced digit's own probability elsewhere: each alignment only when needed.
+        read_free = any(c.isdigit() for c in pattern)
+        read_forced = bool(text) and pattern != digits
         return Heard(
             text=text,
             digits=digits,
@@ -1069,8 +1112,11 @@ class DigitRecognizer:
             free_text=free_text,
             no_speech=no_speech,
             score=nbest[0][1],
-            tokens=tuple(decoder.token_probabilities(encoded, text, frames)) if text else (),
+            tokens=tuple(decoder.token_probabilities(encoded, text, frames)) if read_forced else (),
             free_score=free_score,
+            free_tokens=(
+                tuple(decoder.token_probabilities(encoded, free_text, frames)) if read_free else ()
+            ),
         )
 
     def _per_segment(
