@@ -49,7 +49,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ari_app.ari.app import interruptible_media
 from ari_app.ari.client import AriClient, AriUnavailable, wait_until_subscribed
-from ari_app.call import ChannelGone, TransportError
 from ari_app.params import (
     DEFAULT_CONFIRM_PROMPT,
     DEFAULT_INVALID_PROMPT,
@@ -59,6 +58,7 @@ from ari_app.params import (
     ParamError,
     parse_media,
 )
+from ari_app.ports import ChannelGone, TransportError
 from ari_app.server import listen_for_rtp
 from ari_app.settings import Settings
 from ari_app.speech.rtp import RtpPacket, RtpReceiver, pcm16be_to_float32

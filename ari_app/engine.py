@@ -31,39 +31,16 @@ from ari_app.params import (
     parse_params,
     split_arguments,
 )
+from ari_app.vocabulary import Confirmed, Source, Status
 
 CONFIRM_KEY = "1"
 REJECT_KEY = "2"
-
-
-class Source(StrEnum):
-    KEY = "key"
-    VOICE = "voice"
-
-
-class Status(StrEnum):
-    COMPLETED = "completed"
-    NO_INPUT = "no_input"
-    SHORT = "short"
-    INVALID = "invalid"
-    REJECTED = "rejected"
-    UNCONFIRMED = "unconfirmed"
-    HANGUP = "hangup"
-    INTERRUPTED = "interrupted"
-    ERROR = "error"
 
 
 class TerminatedBy(StrEnum):
     MAX_DIGITS = "max_digits"
     STOP_KEY = "stop_key"
     TIMEOUT = "timeout"
-
-
-class Confirmed(StrEnum):
-    YES = "yes"
-    NO = "no"
-    UNANSWERED = "unanswered"
-    NOT_ASKED = "not_asked"
 
 
 class Timer(StrEnum):

@@ -21,7 +21,7 @@ from ari_app.ari.events import (
     StasisStarted,
     parse_event,
 )
-from ari_app.call import CallInfo, CallSession, ChannelGone, TransportError
+from ari_app.ports import CallPort, ChannelGone, TransportError
 from ari_app.settings import Settings
 from ari_app.store.records import EntryOutcome, EntryStart
 
@@ -175,16 +175,8 @@ class RoutingApp(AriApplication):
         super().__init__(Settings(hash_key="k"), store)
         self.ports = ports
 
-    def _start_session(self, event: StasisStarted) -> None:
-        info = CallInfo(event.channel.id, event.channel.name, None, None, None, "ari", False)
-        session = CallSession(
-            info, event.args, self.ports[event.channel.id], self._store, hash_key="k"
-        )
-        self.sessions[event.channel.id] = session
-        self._idle.clear()
-        task = asyncio.create_task(self._run_session(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def port(self, channel_id: str) -> CallPort:
+        return self.ports[channel_id]
 
 
 async def test_a_slow_channel_never_delays_another_and_events_stay_in_order() -> None:
@@ -338,7 +330,7 @@ async def test_shutdown_cancels_calls_still_running_after_the_grace(
     app = RoutingApp(FakeStore(), {"stuck": ScriptedPort(hold_play=held)})
     app.dispatch(with_channel(STASIS_START, "stuck"))
     await asyncio.sleep(0.01)
-    [task] = app._tasks
+    [task] = app.runner.tasks
     await app.shutdown(grace=0.05)
     assert task.cancelled()
     assert "cancelling 1 call tasks" in caplog.text

@@ -31,7 +31,7 @@ from aioari.client import Client as AioariClient
 from aiohttp import web_exceptions
 from aioswagger11.http_client import AsynchronousHttpClient, BasicAuthenticator
 
-from ari_app.call import ChannelGone, TransportError
+from ari_app.ports import ChannelGone, TransportError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 from ari_app.ari.client import AriClient
-from ari_app.call import ChannelGone, TransportError
 from ari_app.metrics import Metrics
-from ari_app.speech.listener import SpeechListener, SpeechTarget
+from ari_app.ports import ChannelGone, SpeechTarget, TransportError
+from ari_app.speech.listener import SpeechListener
 from ari_app.speech.recognizer import DigitRecognizer
 from ari_app.speech.rtp import RtpReceiver
 
