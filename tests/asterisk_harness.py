@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.store.records import StoredEntry
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox
 
 
 async def stored_entry(store: Store, channel_id: str, within: float = 20.0) -> StoredEntry:

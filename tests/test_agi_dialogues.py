@@ -18,10 +18,11 @@ import pytest
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
 from ari_app.agi.port import agi_media, agi_quote
 from ari_app.agi.server import query_arguments
-from ari_app.agi.testing import DEAD, FakeAsterisk, MemoryStore, environment
 from ari_app.call import CallSession
 from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
+from devtools.fake_asterisk import DEAD, FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 
 ESC = '"0123456789\\*#ABCD"'  # the escape keys, as a regular expression
 POLL = 0.02

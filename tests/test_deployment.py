@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ari_app.sandbox import PACKAGES, SUITE
+from devtools.sandbox import PACKAGES, SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -37,10 +37,10 @@ from ari_app.doctor import (
     summary,
 )
 from ari_app.params import parse_params
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers
 from ari_app.store.migrate import alembic_config, upgrade_to_head, upgrade_to_head_async
+from devtools.sandbox import AsteriskSandbox
+from devtools.simulate import SimulatedCallers
 from tests.conftest import Service, free_tcp_port, service_settings
 
 # Where the sandbox's "en" sounds live (en and en_US are links to it).

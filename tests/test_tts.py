@@ -18,7 +18,6 @@ import pytest
 
 from ari_app.agi.port import agi_media
 from ari_app.agi.server import AgiConfig, query_arguments, running_agi_server
-from ari_app.agi.testing import FakeAsterisk, MemoryStore, environment
 from ari_app.ari.app import AriApplication
 from ari_app.engine import Digit, DigitCollector, Finish, Play, Start, Status
 from ari_app.http.api import running_http_api
@@ -38,6 +37,8 @@ from ari_app.tts import (
     resample,
     telephone_wav,
 )
+from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 
 # --- the prompt syntax ------------------------------------------------------------------
 
