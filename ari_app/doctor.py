@@ -47,14 +47,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ari_app.ari.app import interruptible_media
+from ari_app.ari.app import ari_media
 from ari_app.ari.client import AriClient, AriUnavailable, wait_until_subscribed
+from ari_app.media import TEXT_SCHEME, Digits, TextPrompt, media_item
 from ari_app.params import (
     DEFAULT_CONFIRM_PROMPT,
     DEFAULT_INVALID_PROMPT,
     DEFAULT_PROMPT,
     DIGITS_PLACEHOLDER,
-    TEXT_SCHEME,
     ParamError,
     parse_media,
 )
@@ -270,11 +270,11 @@ def prompt_sounds(extra_prompts: Iterable[Sequence[str]] = ()) -> list[str]:
     """Sound files the default prompts play, plus those of ``extra_prompts`` (parsed media
     lists: :func:`parse_prompts`).
 
-    Read-backs (``{digits}``) go through :func:`interruptible_media`, which spells the digits
-    as ``digits/N`` files, so every key's file is needed.
+    Read-backs (``{digits}``) are spelled as the keys' sound files (:func:`ari_media`), so
+    every key's file is needed.
     """
     media = [
-        f"digits:{READ_BACK_KEYS}" if item == DIGITS_PLACEHOLDER else item
+        Digits(READ_BACK_KEYS) if item == DIGITS_PLACEHOLDER else media_item(item)
         for prompt in (
             DEFAULT_PROMPT,
             DEFAULT_INVALID_PROMPT,
@@ -284,7 +284,8 @@ def prompt_sounds(extra_prompts: Iterable[Sequence[str]] = ()) -> list[str]:
         for item in prompt
     ]
     sounds: list[str] = []
-    for item in interruptible_media(media):
+    # Text prompts are rendered to URLs at play time: no sound file to look up.
+    for item in ari_media([item for item in media if not isinstance(item, TextPrompt)]):
         scheme, _, value = item.partition(":")
         # Remote media (sound:http://...) is fetched at play time; nothing to look up here.
         if scheme == "sound" and "://" not in value and value not in sounds:

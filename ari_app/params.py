@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-DTMF_KEYS = frozenset("0123456789*#ABCD")
+from ari_app.media import KEYPAD, TEXT_SCHEME
+
+DTMF_KEYS = KEYPAD
 # Line breaks and other C0 controls, and DEL: never part of a parameter or an AGI argument.
 CONTROL_CHARACTERS = frozenset(map(chr, range(32))) | {"\x7f"}
 MAX_DIGITS_LIMIT = 64
@@ -33,8 +35,6 @@ DEFAULT_CONFIRM_PROMPT = (
     "digits:1",
 )
 
-# Text spoken by the TTS engine (ari_app/tts.py): "tts:Please key your number".
-TEXT_SCHEME = "tts:"
 MAX_TEXT_LENGTH = 500
 
 # Media lists may contain commas, which Stasis() splits into separate arguments; an argument

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ari_app.media import MediaItem
 from ari_app.params import Params
 from ari_app.store.records import EntryOutcome, EntryStart
 from ari_app.vocabulary import Source
@@ -42,7 +43,7 @@ class CallPort(Protocol):
 
     async def answer(self) -> None: ...
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None: ...
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None: ...
 
     async def stop_playback(self, playback_id: str) -> None: ...
 

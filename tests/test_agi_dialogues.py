@@ -19,6 +19,7 @@ from ari_app.agi import AgiConfig, AgiServer, running_agi_server
 from ari_app.agi.port import agi_media, agi_quote
 from ari_app.agi.server import query_arguments
 from ari_app.call import CallSession
+from ari_app.media import media_item
 from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
 from devtools.fake_asterisk import DEAD, FakeAsterisk, environment
@@ -395,18 +396,16 @@ def test_agi_port_setting() -> None:
 
 
 def test_media_uris_map_to_agi_commands(caplog: pytest.LogCaptureFixture) -> None:
-    items = agi_media(
-        [
-            "sound:beep",
-            "digits:1*#A",
-            "number:42",
-            "characters:ab",
-            "tone:ring",
-            "recording:greeting",
-            'sound:a"b',
-        ],
-        label="c1",
-    )
+    uris = [
+        "sound:beep",
+        "digits:1*#A",
+        "number:42",
+        "characters:ab",
+        "tone:ring",
+        "recording:greeting",
+        'sound:a"b',
+    ]
+    items = agi_media([media_item(uri) for uri in uris], label="c1")
     assert [(i.command, i.resumable) for i in items] == [
         ("STREAM FILE beep", True),
         ("STREAM FILE digits/1", True),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ari_app.ari import app as ari_app_module
-from ari_app.ari.app import AriApplication, AriCallPort, interruptible_media
+from ari_app.ari.app import AriApplication, AriCallPort, ari_media
 from ari_app.ari.client import AriUnreachable
 from ari_app.ari.events import (
     ChannelLeft,
@@ -21,6 +21,7 @@ from ari_app.ari.events import (
     StasisStarted,
     parse_event,
 )
+from ari_app.media import MediaItem, media_item
 from ari_app.ports import CallPort, ChannelGone, TransportError
 from ari_app.settings import Settings
 from ari_app.store.records import EntryStart
@@ -115,7 +116,8 @@ def test_malformed_events_are_rejected(raw: dict[str, Any]) -> None:
 
 
 def test_digits_media_is_spelled_as_interruptible_sound_files() -> None:
-    assert interruptible_media(["sound:you-entered", "digits:1*#", "number:5"]) == [
+    media = [media_item(uri) for uri in ("sound:you-entered", "digits:1*#", "number:5")]
+    assert ari_media(media) == [
         "sound:you-entered",
         "sound:digits/1",
         "sound:digits/star",
@@ -139,7 +141,7 @@ class ScriptedPort:
     async def answer(self) -> None:
         self.calls.append(("answer", None))
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         self.calls.append(("play", playback_id))
         if self.hold_play is not None:
             await self.hold_play.wait()

@@ -40,6 +40,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ari_app.agi.fastagi import AgiChannelGone, AgiReply, AgiRequest
+from ari_app.media import (
+    Characters,
+    Digits,
+    MediaItem,
+    Number,
+    Sound,
+    Url,
+    key_sounds,
+    shown,
+)
 from ari_app.params import CONTROL_CHARACTERS, DTMF_KEYS
 from ari_app.ports import ChannelGone, SessionInbox, TransportError
 from ari_app.tts import TextPrompts
@@ -59,7 +69,6 @@ _SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./\-]{0,199}$")
 _REMOTE_FILE = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]-]{1,500}$")
 _NUMBER = re.compile(r"^-?\d{1,15}$")
 _CHARACTERS = re.compile(r"^[A-Za-z0-9]{1,64}$")
-_SPOKEN_KEYS = {"*": "digits/star", "#": "digits/pound"}
 
 
 @dataclass(frozen=True)
@@ -71,37 +80,34 @@ class AgiMedia:
     shown: str
 
 
-def agi_media(media: Sequence[str], *, label: str = "-") -> list[AgiMedia]:
-    """ARI media URIs as AGI commands (escape keys and offset are added when played).
+def agi_media(media: Sequence[MediaItem], *, label: str = "-") -> list[AgiMedia]:
+    """Typed media items as AGI commands (escape keys and offset are added when played).
 
-    ``sound:x`` → ``STREAM FILE x`` (``x`` may be an ``http(s)://`` URL: Asterisk fetches it
-    through ``res_http_media_cache``); ``digits:12*`` → the ``digits/N`` files (interruptible,
-    like the ARI path's read-back); ``number:42`` → ``SAY NUMBER``; ``characters:ab`` →
-    ``SAY ALPHA``. ``tone:`` and ``recording:`` have no AGI equivalent and are skipped, with
-    a log line. Values never reach a log line for ``digits:`` (they may be a caller's PIN).
+    A sound file or URL → ``STREAM FILE`` (Asterisk fetches a URL through
+    ``res_http_media_cache``); a read-back → its keys' sound files (interruptible, like the ARI
+    path's); a number → ``SAY NUMBER``; characters → ``SAY ALPHA``. What AGI cannot play
+    (``tone:``, ``recording:``, text not rendered, a value that would break the command) is
+    skipped, with a log line that never shows a read-back's keys.
     """
     items: list[AgiMedia] = []
-    for uri in media:
-        scheme, _, value = uri.partition(":")
-        if scheme == "sound" and (_SAFE_FILE.match(value) or _REMOTE_FILE.match(value)):
-            items.append(AgiMedia(f"STREAM FILE {value}", True, uri))
-        elif scheme == "digits" and value and all(c in DTMF_KEYS for c in value.upper()):
-            for char in value.upper():
-                sound = _SPOKEN_KEYS.get(char) or (
-                    f"digits/{char}" if char.isdigit() else f"letters/{char.lower()}"
+    for item in media:
+        match item:
+            case Sound(name) if _SAFE_FILE.match(name):
+                items.append(AgiMedia(f"STREAM FILE {name}", True, shown(item)))
+            case Url(url) if _REMOTE_FILE.match(url):
+                items.append(AgiMedia(f"STREAM FILE {url}", True, shown(item)))
+            case Digits(keys) if sounds := key_sounds(keys):
+                items += [AgiMedia(f"STREAM FILE {s}", True, "a read-back digit") for s in sounds]
+            case Number(value) if _NUMBER.match(value):
+                items.append(AgiMedia(f"SAY NUMBER {value}", False, shown(item)))
+            case Characters(value) if _CHARACTERS.match(value):
+                items.append(AgiMedia(f"SAY ALPHA {value}", False, shown(item)))
+            case _:
+                log.warning(
+                    "channel %s: media %r cannot be played over AGI; skipped",
+                    label,
+                    shown(item)[:80],
                 )
-                items.append(AgiMedia(f"STREAM FILE {sound}", True, "a read-back digit"))
-        elif scheme == "number" and _NUMBER.match(value):
-            items.append(AgiMedia(f"SAY NUMBER {value}", False, "number:…"))
-        elif scheme == "characters" and _CHARACTERS.match(value):
-            items.append(AgiMedia(f"SAY ALPHA {value}", False, "characters:…"))
-        else:
-            shown = uri if scheme in ("sound", "tone", "recording") else f"{scheme}:…"
-            log.warning(
-                "channel %s: media %r cannot be played over AGI; skipped",
-                label,
-                shown[:80],
-            )
     return items
 
 
@@ -156,7 +162,7 @@ class AgiCallPort:
                 raise AgiChannelGone("the channel hung up before it was answered")
             raise TransportError("ANSWER failed")
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         if self._prompts is not None:
             media = await self._prompts.playable(media, label=self._label)
         self._playlist = _Playlist(playback_id, agi_media(media, label=self._label))

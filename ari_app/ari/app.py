@@ -25,6 +25,18 @@ from ari_app.ari.events import (
     parse_event,
 )
 from ari_app.ari.speech import AriSpeechTap
+from ari_app.media import (
+    Characters,
+    Digits,
+    MediaItem,
+    Number,
+    OtherMedia,
+    Sound,
+    TextPrompt,
+    Url,
+    key_sounds,
+    shown,
+)
 from ari_app.metrics import Metrics
 from ari_app.ports import CallInfo, CallPort, EntryStore, SessionInbox, TransportError
 from ari_app.session import Sessions
@@ -51,24 +63,31 @@ def default_client(settings: Settings) -> AriClient:
     )
 
 
-_SAID_KEYS = {"*": "star", "#": "pound"}
+def ari_media(media: Sequence[MediaItem], *, label: str = "-") -> list[str]:
+    """Typed media items as the media URIs of one ARI playback.
 
-
-def interruptible_media(media: Sequence[str]) -> list[str]:
-    """Spell ``digits:123`` as the stock ``digits/N`` sound files.
-
-    Asterisk plays ``digits:`` through its say API, which a playback stop cannot interrupt: a
-    caller's confirmation key would wait for the whole read-back, and so would every ARI call on
-    the channel. Sound files stop at once.
+    A read-back is spelled as the stock sound files of its keys (:func:`~ari_app.media.key_sounds`):
+    Asterisk plays ``digits:`` through its say API, which a playback stop cannot interrupt.
     """
-    spelled: list[str] = []
+    uris: list[str] = []
     for item in media:
-        scheme, _, value = item.partition(":")
-        if scheme == "digits" and value and all(c.isdigit() or c in _SAID_KEYS for c in value):
-            spelled += [f"sound:digits/{_SAID_KEYS.get(c, c)}" for c in value]
-        else:
-            spelled.append(item)
-    return spelled
+        match item:
+            case Sound(name):
+                uris.append(f"sound:{name}")
+            case Url(url):
+                uris.append(f"sound:{url}")
+            case Digits(keys):
+                sounds = key_sounds(keys)
+                uris += [f"sound:{sound}" for sound in sounds] if sounds else [f"digits:{keys}"]
+            case Number(value):
+                uris.append(f"number:{value}")
+            case Characters(value):
+                uris.append(f"characters:{value}")
+            case OtherMedia(uri):
+                uris.append(uri)
+            case TextPrompt():  # TextPrompts.playable renders them all; never here
+                log.warning("channel %s: %s was not rendered; skipped", label, shown(item)[:80])
+    return uris
 
 
 class AriCallPort:
@@ -87,9 +106,10 @@ class AriCallPort:
     async def answer(self) -> None:
         await self._client().answer(self._channel_id)
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         playable = await self._app.prompts.playable(media, label=self._channel_id)
-        await self._client().play(self._channel_id, playback_id, interruptible_media(playable))
+        uris = ari_media(playable, label=self._channel_id)
+        await self._client().play(self._channel_id, playback_id, uris)
 
     async def stop_playback(self, playback_id: str) -> None:
         await self._client().stop_playback(playback_id)
