@@ -41,6 +41,7 @@ from ari_app.metrics import Metrics
 from ari_app.ports import CallInfo, CallPort, EntryStore, SessionInbox, TransportError
 from ari_app.session import Sessions
 from ari_app.settings import Settings
+from ari_app.speech.listener import SpeechListener
 from ari_app.speech.recognizer import DigitRecognizer
 from ari_app.speech.rtp import RtpReceiver
 from ari_app.tts import TextPrompts, text_prompts
@@ -310,15 +311,19 @@ class AriApplication:
             return
         if not params.accepts_speech:
             return
+        listener = SpeechListener(
+            session,
+            self._speech.recognizer,
+            label=session.info.channel_id,
+            max_digits=params.max_digits,
+            metrics=self.metrics,
+        )
         tap = AriSpeechTap(
             self.client,
             self._speech.receiver,
-            self._speech.recognizer,
+            listener,
             channel_id=session.info.channel_id,
             advertised_host=self._speech.advertised_host,
-            max_digits=params.max_digits,
-            target=session,
-            metrics=self.metrics,
         )
         session.attach(tap)
         tap.start()
