@@ -19,6 +19,7 @@ from ari_app.agi import AgiConfig, AgiServer, running_agi_server
 from ari_app.agi.port import agi_media, agi_quote
 from ari_app.agi.server import query_arguments
 from ari_app.call import CallSession
+from ari_app.engine import Action, Event
 from ari_app.media import media_item
 from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
@@ -114,6 +115,32 @@ async def test_a_key_during_the_prompt_stops_it_and_is_kept(agi: Agi) -> None:
     await caller.expect(f"STREAM FILE demo-congrats {ESC}", "200 result=52 endpos=8000")
     # The rest of the prompt list is dropped: the next command listens.
     await caller.expect("WAIT FOR DIGIT 20", "200 result=50")
+    await caller.expect('SET VARIABLE DIGITS "42"', "200 result=1")
+    await caller.expect('SET VARIABLE DIGITS_STATUS "completed"', "200 result=1")
+    await caller.expect("SET VARIABLE DIGITS_CONFIRMED .*", "200 result=1")
+    await caller.expect("SET VARIABLE DIGITS_ID .*", "200 result=1")
+    await caller.expect_closed()
+
+
+async def test_the_driver_waits_for_the_session_however_many_turns_it_takes(
+    agi: Agi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No loop counting: a session that needs many more event-loop turns to act on a key (ten
+    extra awaits before each action) still stops the prompt before the driver's next command,
+    because the driver waits for the session's acknowledgement (``drained()``)."""
+    execute = CallSession._execute
+
+    async def slow_execute(session: CallSession, action: Action) -> Event | None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return await execute(session, action)
+
+    monkeypatch.setattr(CallSession, "_execute", slow_execute)
+    caller = await agi.caller("num_digits=2&prompt=sound:demo-congrats%2Csound:beep")
+    await caller.expect("ANSWER", "200 result=0")
+    await caller.expect(f"STREAM FILE demo-congrats {ESC}", "200 result=52 endpos=8000")
+    # Not "STREAM FILE demo-congrats … 8000": the key stopped the prompt.
+    await caller.expect("WAIT FOR DIGIT .*", "200 result=50")
     await caller.expect('SET VARIABLE DIGITS "42"', "200 result=1")
     await caller.expect('SET VARIABLE DIGITS_STATUS "completed"', "200 result=1")
     await caller.expect("SET VARIABLE DIGITS_CONFIRMED .*", "200 result=1")
