@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ari_app.media import MediaItem
 from ari_app.params import Params
-from ari_app.store.records import EntryOutcome, EntryStart
 from ari_app.vocabulary import Source
+
+if TYPE_CHECKING:
+    # Types only, not a cycle: a transport importing this module should not load the store
+    # package (SQLAlchemy, the metrics) with it.
+    from ari_app.store.records import EntryOutcome, EntryStart
 
 
 class ChannelGone(Exception):

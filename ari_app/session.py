@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from ari_app.call import CallSession
@@ -29,6 +29,8 @@ SHUTDOWN_GRACE = 5.0
 
 # Runs in the entry's log context before the entry starts (speech tap, text prompt renders).
 SessionSetup = Callable[[SessionInbox], None]
+# Drives a channel that reports nothing by itself (FastAGI's command loop); never raises.
+SessionDriver = Callable[[SessionInbox], Coroutine[Any, Any, None]]
 
 
 def handback_variables(
@@ -110,23 +112,42 @@ class Sessions:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def run(self, key: str, session: CallSession, setup: SessionSetup) -> None:
+    async def run(
+        self,
+        key: str,
+        session: CallSession,
+        setup: SessionSetup,
+        *,
+        driver: SessionDriver | None = None,
+    ) -> None:
         """Run an opened entry in the current task, which becomes the call's task: every log
-        line from here on (``setup``'s tasks included) carries the call."""
+        line from here on (``setup``'s and ``driver``'s tasks included) carries the call.
+
+        ``driver``: a transport that drives its channel itself (FastAGI) runs it as a task from
+        the entry's start until the channel is handed back.
+        """
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         enter_call(session.log_context)
+        driving: asyncio.Task[None] | None = None
         try:
             try:
                 setup(session)
             except Exception:
                 log.exception("channel %s: setting the entry up failed", session.info.channel_id)
+            if driver is not None:
+                driving = asyncio.create_task(
+                    driver(session), name=f"drive-{session.info.channel_id}"
+                )
             result = await session.run()
             await self._hand_back(session, result)
         except Exception:
             log.exception("channel %s: the call task failed", session.info.channel_id)
         finally:
+            if driving is not None:
+                driving.cancel()
+                await asyncio.gather(driving, return_exceptions=True)
             if task is not None:
                 self._tasks.discard(task)
             del self._running[key]

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
-from ari_app.call import EntryStore
+from ari_app.ports import EntryStore
 from devtools.fake_asterisk import FakeAsterisk, environment
 from devtools.memory_store import MemoryStore
 

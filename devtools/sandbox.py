@@ -930,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     Exit status: 0 on success, 1 on an error, 3 for ``status`` when Asterisk is stopped.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m devtools.sandbox", description="A real Asterisk 22 in a Debian sid chroot."
+        prog="scripts/sandbox", description="A real Asterisk 22 in a Debian sid chroot."
     )
     parser.add_argument(
         "--conf-dir",

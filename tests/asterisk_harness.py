@@ -1,4 +1,4 @@
-"""Test helpers on top of :mod:`ari_app.simulate`."""
+"""Test helpers on top of :mod:`devtools.simulate`."""
 
 from __future__ import annotations
 

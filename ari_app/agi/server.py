@@ -210,33 +210,24 @@ class AgiServer:
         key = str(next(self._numbers))
         session = self.runner.open(key, info, arguments, port)
         self.entries += 1
-        # This connection's task is the call's task; the driver is started in it, so that
-        # its log lines carry the call too.
-        driver: list[asyncio.Task[None]] = []
+        # This connection's task becomes the call's task.
+        await self.runner.run(key, session, self._set_up, driver=port.drive)
 
-        def set_up(session: SessionInbox) -> None:
-            if self._prompts is not None:  # rendered while the call is answered
-                self._prompts.prepare(session.params)
-            params = session.params
-            if params is not None and not params.accepts_keys and self._on_session is None:
-                log.warning(
-                    "channel %s: input=speech over FastAGI without the speech path: "
-                    "nothing can be heard",
-                    channel_id,
-                )
-            if self._on_session is not None:
-                try:
-                    self._on_session(session)
-                except Exception:
-                    log.exception("channel %s: the session hook failed", channel_id)
-            driver.append(asyncio.create_task(port.drive(session), name=f"agi-{channel_id}"))
-
-        try:
-            await self.runner.run(key, session, set_up)
-        finally:
-            for task in driver:
-                task.cancel()
-            await asyncio.gather(*driver, return_exceptions=True)
+    def _set_up(self, session: SessionInbox) -> None:
+        if self._prompts is not None:  # rendered while the call is answered
+            self._prompts.prepare(session.params)
+        params = session.params
+        if params is not None and not params.accepts_keys and self._on_session is None:
+            log.warning(
+                "channel %s: input=speech over FastAGI without the speech path: "
+                "nothing can be heard",
+                session.info.channel_id,
+            )
+        if self._on_session is not None:
+            try:
+                self._on_session(session)
+            except Exception:
+                log.exception("channel %s: the session hook failed", session.info.channel_id)
 
     async def _unknown_script(self, request: AgiRequest) -> None:
         """Tell the dialplan, like a bad parameter would; nothing is stored."""
