@@ -7,6 +7,6 @@
 - :mod:`devtools.fake_asterisk`: a scripted FastAGI peer over a real socket.
 - :mod:`devtools.memory_store`: the in-memory entry store.
 
-Importable from the repository's virtual environment (``scripts/bootstrap`` puts the checkout
-on its path) and from the tests (pytest's ``pythonpath``).
+Importable wherever the checkout is on the path: the repository's virtual environment (its
+editable install adds the checkout: ``dev-mode-dirs`` in pyproject.toml) and the tests.
 """
