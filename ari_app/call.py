@@ -1,10 +1,10 @@
-"""The call task: the one place where an adapter, the engine and the store meet.
+"""One entry: the one place where a transport's port, the engine and the store meet.
 
-An adapter (ARI, later FastAGI) creates a :class:`CallSession` per entry, pushes what it hears
-into it with the ``deliver_*`` methods (never blocking: they only enqueue) and runs
-:meth:`CallSession.run` as the entry's own asyncio task. The session feeds the engine in order,
-carries out its actions through the adapter's :class:`CallPort`, owns the timers, and hands the
-result to the store and back to the dialplan.
+The session runner (:mod:`ari_app.session`) creates a :class:`CallSession` per entry; the
+transport (ARI or FastAGI) pushes what it hears into it with the ``deliver_*`` methods (never
+blocking: they only enqueue). :meth:`CallSession.run` feeds the engine in order, carries out
+its actions through the transport's :class:`~ari_app.ports.CallPort`, owns the timers, and
+stores the row; the runner then hands the result back to the dialplan.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from ari_app.engine import (
     Action,
@@ -30,12 +28,10 @@ from ari_app.engine import (
     Play,
     PromptFinished,
     Result,
-    Source,
     SpeechEnded,
     SpeechStarted,
     Start,
     StartTimer,
-    Status,
     StopPlayback,
     Timer,
     TimerFired,
@@ -43,61 +39,15 @@ from ari_app.engine import (
 from ari_app.logcontext import CallLogContext
 from ari_app.metrics import Metrics, discarded_metrics
 from ari_app.params import Params
+from ari_app.ports import Attachment, CallInfo, CallPort, ChannelGone, EntryStore, TransportError
 from ari_app.store.records import EntryOutcome, EntryStart, StoredEvent
+from ari_app.vocabulary import Source
 
 log = logging.getLogger(__name__)
 
 VISIBLE_TAIL = 2
 # Events that come from the channel through the adapter; their handling latency is measured.
 CHANNEL_EVENTS = (Digit, PromptFinished, Hangup)
-
-
-class ChannelGone(Exception):
-    """The channel hung up or left our application while we were acting on it."""
-
-
-class TransportError(Exception):
-    """The connection to Asterisk failed while acting on a channel."""
-
-
-class CallPort(Protocol):
-    """What a session needs from its adapter, in telephony terms."""
-
-    async def answer(self) -> None: ...
-
-    async def play(self, playback_id: str, media: Sequence[str]) -> None: ...
-
-    async def stop_playback(self, playback_id: str) -> None: ...
-
-    async def set_variables(self, variables: Mapping[str, str]) -> None: ...
-
-    async def release(self) -> None:
-        """Return the channel to the dialplan."""
-        ...
-
-
-class Attachment(Protocol):
-    """Something living as long as the entry (the speech tap): closed when collection ends,
-    before the channel returns to the dialplan. ``close`` must not raise."""
-
-    async def close(self) -> None: ...
-
-
-class EntryStore(Protocol):
-    async def start_entry(self, start: EntryStart) -> int: ...
-
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None: ...
-
-
-@dataclass(frozen=True)
-class CallInfo:
-    channel_id: str
-    channel_name: str
-    caller_number: str | None
-    caller_name: str | None
-    asterisk_id: str | None
-    transport: str
-    needs_answer: bool
 
 
 def mask_digits(digits: str) -> str:
@@ -127,12 +77,14 @@ class CallSession:
     ) -> None:
         self.info = info
         self._metrics = metrics if metrics is not None else discarded_metrics()
-        self._port = port
+        self.port = port
         self._store = store
         self._hash_key = hash_key
         self._collector = DigitCollector.from_arguments(arguments)
         self._arguments = arguments
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
+        # Set while the session waits for its next event with nothing left to handle.
+        self._drained = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
@@ -169,6 +121,23 @@ class CallSession:
         self._attachments.append(attachment)
 
     @property
+    def collecting(self) -> bool:
+        return self.result is None
+
+    @property
+    def hung_up(self) -> bool:
+        """The caller hung up (or the channel left): nothing goes back to the dialplan."""
+        return self._hung_up
+
+    async def drained(self) -> None:
+        """Return once every event delivered so far has been handled (or the entry is over).
+
+        A transport that polls (FastAGI) awaits this after delivering a key, to see whether
+        the key stopped the prompt, before it sends its next command.
+        """
+        await self._drained.wait()
+
+    @property
     def sensitive(self) -> bool:
         params = self._collector.params
         return params is None or params.sensitive
@@ -178,15 +147,15 @@ class CallSession:
     def deliver_digit(
         self, key: str, *, duration_ms: int | None = None, source: Source = Source.KEY
     ) -> None:
-        self._inbox.put_nowait(Digit(key, self._clock(), source, duration_ms))
+        self._put(Digit(key, self._clock(), source, duration_ms))
 
     def deliver_playback_finished(self, playback_id: str) -> None:
         number = self._playbacks.get(playback_id)
         if number is not None:
-            self._inbox.put_nowait(PromptFinished(number, self._clock()))
+            self._put(PromptFinished(number, self._clock()))
 
     def deliver_speech_started(self) -> None:
-        self._inbox.put_nowait(SpeechStarted(self._clock()))
+        self._put(SpeechStarted(self._clock()))
 
     def deliver_speech_ended(
         self,
@@ -197,16 +166,18 @@ class CallSession:
         confidences: tuple[float, ...] = (),
         rejected: str | None = None,
     ) -> None:
-        self._inbox.put_nowait(
-            SpeechEnded(self._clock(), transcript, digits, answer, confidences, rejected)
-        )
+        self._put(SpeechEnded(self._clock(), transcript, digits, answer, confidences, rejected))
 
     def deliver_hangup(self) -> None:
         self._hung_up = True
-        self._inbox.put_nowait(Hangup(self._clock()))
+        self._put(Hangup(self._clock()))
 
     def deliver_connection_lost(self) -> None:
-        self._inbox.put_nowait(ConnectionLost(self._clock()))
+        self._put(ConnectionLost(self._clock()))
+
+    def _put(self, event: Event) -> None:
+        self._drained.clear()
+        self._inbox.put_nowait(event)
 
     def playback_id(self, number: int) -> str:
         return f"{self.info.channel_id}-p{number}"
@@ -220,28 +191,36 @@ class CallSession:
         row = asyncio.create_task(self._start_row(started_at))
         try:
             if self.info.needs_answer and self._collector.params is not None:
-                failure = await self._act(self._port.answer())
+                failure = await self._act(self.port.answer())
                 if failure is not None:
-                    self._inbox.put_nowait(failure)
+                    self._put(failure)
             result = await self._collect()
         finally:
+            self._drained.set()
             self._cancel_all_timers()
             for attachment in reversed(self._attachments):
                 await attachment.close()
         self.result = result
-        self._metrics.entry_finished(self.info.transport, result, self._loop.time() - started)
+        self._metrics.entry_finished(
+            self.info.transport,
+            result.status,
+            self._loop.time() - started,
+            digit_sources=[record.source for record in result.digits],
+            first_digit_s=result.digits[0].at_ms / 1000 if result.digits else None,
+        )
         # The row first, so that the result's log line carries the entry id (logcontext).
         entry_id = await row
         self.entry_id = entry_id
         self._log_result(result)
         await self._finish_row(entry_id, result)
-        await self._return_to_dialplan(result)
         return result
 
     async def _collect(self) -> Result:
         pending: list[Event] = [Start(self._clock())]
         while True:
             from_inbox = not pending
+            if from_inbox and self._inbox.empty():
+                self._drained.set()
             event = pending.pop(0) if pending else await self._inbox.get()
             actions = self._collector.handle(event)
             if from_inbox and isinstance(event, CHANNEL_EVENTS):
@@ -259,9 +238,9 @@ class CallSession:
             case Play():
                 playback_id = self.playback_id(action.playback)
                 self._playbacks[playback_id] = action.playback
-                return await self._act(self._port.play(playback_id, action.media))
+                return await self._act(self.port.play(playback_id, action.media))
             case StopPlayback():
-                return await self._act(self._port.stop_playback(self.playback_id(action.playback)))
+                return await self._act(self.port.stop_playback(self.playback_id(action.playback)))
             case StartTimer():
                 self._cancel_timer(action.timer)
                 self._timers[action.timer] = self._loop.call_later(
@@ -286,7 +265,7 @@ class CallSession:
 
     def _fire(self, timer: Timer, token: int) -> None:
         self._timers.pop(timer, None)
-        self._inbox.put_nowait(TimerFired(timer, token, self._clock()))
+        self._put(TimerFired(timer, token, self._clock()))
 
     def _cancel_timer(self, timer: Timer) -> None:
         handle = self._timers.pop(timer, None)
@@ -378,25 +357,6 @@ class CallSession:
             ended_at=datetime.now(UTC),
             events=tuple(events),
         )
-
-    async def _return_to_dialplan(self, result: Result) -> None:
-        if self._hung_up or result.status is Status.HANGUP:
-            return
-        variables = {
-            "DIGITS": result.user_input,
-            "DIGITS_STATUS": result.status.value,
-            "DIGITS_CONFIRMED": result.confirmed.value,
-            "DIGITS_ID": "" if self.entry_id is None else str(self.entry_id),
-        }
-        if result.error:
-            variables["DIGITS_ERROR"] = result.error
-        try:
-            await self._port.set_variables(variables)
-            await self._port.release()
-        except ChannelGone:
-            log.info("channel %s: hung up before returning to the dialplan", self.info.channel_id)
-        except TransportError as exc:
-            log.error("channel %s: could not return to the dialplan: %s", self.info.channel_id, exc)
 
     def _raw_arguments(self) -> object:
         if isinstance(self._arguments, Mapping):

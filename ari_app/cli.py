@@ -1,4 +1,7 @@
-"""``ari-digits``: run the service, migrate, manage the sandbox, run the demo, read results."""
+"""``ari-digits``: run the service, migrate, check a setup, read results.
+
+(The Asterisk sandbox and the demo are developer tooling: ``scripts/sandbox``, ``scripts/demo``.)
+"""
 
 from __future__ import annotations
 
@@ -13,17 +16,15 @@ from ari_app.settings import Settings, SettingsError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="ari-digits", description="Collect keyed digits from Asterisk callers over ARI."
+        prog="ari-digits",
+        description="Collect keyed or spoken digits from Asterisk callers over ARI or FastAGI.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the Stasis application (settings from the environment)")
-    commands.add_parser("migrate", help="bring the database schema up to date")
-    demo = commands.add_parser(
-        "demo", help="start the Asterisk sandbox and the app, place simulated calls, print rows"
+    commands.add_parser(
+        "serve",
+        help="run the Stasis application and the FastAGI server (settings from the environment)",
     )
-    demo.add_argument("--database-url", help="default: SQLite file var/demo.sqlite3")
-    demo.add_argument("--keep-asterisk", action="store_true", help="leave the sandbox running")
-    commands.add_parser("sandbox", help="the Asterisk sandbox (see: ari-digits sandbox --help)")
+    commands.add_parser("migrate", help="bring the database schema up to date")
     doctor = commands.add_parser(
         "doctor", help="check Asterisk, the RTP path and the database; exit 1 on any FAIL"
     )
@@ -36,13 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_results_commands(commands)
 
-    arguments, rest = parser.parse_known_args(argv)
-    if arguments.command == "sandbox":
-        from ari_app.sandbox import main as sandbox_main
-
-        return sandbox_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    arguments = parser.parse_args(argv)
 
     try:
         settings = Settings.from_env()
@@ -64,13 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade_to_head(settings.database_url)
         print("database is up to date")
         return 0
-    if arguments.command == "demo":
-        from ari_app.demo import default_demo_database, run_demo
-
-        database_url = arguments.database_url or default_demo_database()
-        return asyncio.run(
-            run_demo(settings, database_url=database_url, keep=arguments.keep_asterisk)
-        )
     if arguments.command == "doctor":
         from ari_app.doctor import doctor as run_doctor
 

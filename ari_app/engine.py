@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum, auto
 
+from ari_app.media import Digits, MediaItem, media_item
 from ari_app.params import (
     DIGITS_PLACEHOLDER,
     DTMF_KEYS,
@@ -33,39 +34,16 @@ from ari_app.params import (
     parse_params,
     split_arguments,
 )
+from ari_app.vocabulary import Confirmed, Source, Status
 
 CONFIRM_KEY = "1"
 REJECT_KEY = "2"
-
-
-class Source(StrEnum):
-    KEY = "key"
-    VOICE = "voice"
-
-
-class Status(StrEnum):
-    COMPLETED = "completed"
-    NO_INPUT = "no_input"
-    SHORT = "short"
-    INVALID = "invalid"
-    REJECTED = "rejected"
-    UNCONFIRMED = "unconfirmed"
-    HANGUP = "hangup"
-    INTERRUPTED = "interrupted"
-    ERROR = "error"
 
 
 class TerminatedBy(StrEnum):
     MAX_DIGITS = "max_digits"
     STOP_KEY = "stop_key"
     TIMEOUT = "timeout"
-
-
-class Confirmed(StrEnum):
-    YES = "yes"
-    NO = "no"
-    UNANSWERED = "unanswered"
-    NOT_ASKED = "not_asked"
 
 
 class Timer(StrEnum):
@@ -164,7 +142,7 @@ Event = (
 @dataclass(frozen=True)
 class Play:
     playback: int
-    media: tuple[str, ...]
+    media: tuple[MediaItem, ...]
     # The media reads digits back; adapters must not log it in clear for sensitive entries.
     reads_digits: bool = False
 
@@ -538,7 +516,7 @@ class DigitCollector:
         return [
             *self._cancel_timers(Timer.INTER_DIGIT, Timer.NO_INPUT, Timer.CONFIRM),
             self._start_timer(Timer.ATTEMPT, params.max_duration, at),
-            self._play(prompt),
+            self._play(tuple(media_item(uri) for uri in prompt)),
         ]
 
     def _complete(self, terminated_by: TerminatedBy, at: float) -> list[Action]:
@@ -563,9 +541,10 @@ class DigitCollector:
         params = self._require_params()
         self._phase = Phase.READING_BACK
         self._readbacks += 1
-        digits = "digits:" + "".join(self._entered)
+        digits = Digits("".join(self._entered))
         media = tuple(
-            digits if item == DIGITS_PLACEHOLDER else item for item in params.confirm_prompt
+            digits if uri == DIGITS_PLACEHOLDER else media_item(uri)
+            for uri in params.confirm_prompt
         )
         if DIGITS_PLACEHOLDER not in params.confirm_prompt:
             media += (digits,)
@@ -607,7 +586,7 @@ class DigitCollector:
             return Confirmed.UNANSWERED
         return Confirmed.NOT_ASKED
 
-    def _play(self, media: tuple[str, ...], *, reads_digits: bool = False) -> Play:
+    def _play(self, media: tuple[MediaItem, ...], *, reads_digits: bool = False) -> Play:
         self._playback += 1
         self._playing = self._playback
         return Play(self._playback, media, reads_digits)

@@ -23,20 +23,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ari_app.engine import Result, Source, Status
-
-if TYPE_CHECKING:
-    # Only the type: importing the recogniser module at run time would load numpy into every
-    # process that touches the store (the CLI included).
-    from ari_app.speech.recognizer import RecognizerStats
+from ari_app.vocabulary import Source, Status, Transport
 
 __all__ = ["DB_OPERATIONS", "Metrics", "discarded_metrics"]
 
@@ -144,10 +139,7 @@ class Metrics:
         )
         # Every expected series exists from the start (at 0), so rate() and absent() queries
         # work before the first call.
-        # Imported here: the store package imports this module (its write metrics).
-        from ari_app.store.records import TRANSPORTS
-
-        for transport in sorted(TRANSPORTS):
+        for transport in Transport:
             self._entries_started.labels(transport)
             self._first_digit.labels(transport)
             self._entry_duration.labels(transport)
@@ -166,13 +158,22 @@ class Metrics:
     def entry_started(self, transport: str) -> None:
         self._entries_started.labels(transport).inc()
 
-    def entry_finished(self, transport: str, result: Result, duration_s: float) -> None:
-        self._entries_finished.labels(transport, result.status.value).inc()
+    def entry_finished(
+        self,
+        transport: str,
+        status: Status,
+        duration_s: float,
+        *,
+        digit_sources: Sequence[Source],
+        first_digit_s: float | None,
+    ) -> None:
+        """``digit_sources``: one per digit kept; ``first_digit_s``: when the first came."""
+        self._entries_finished.labels(transport, status.value).inc()
         self._entry_duration.labels(transport).observe(duration_s)
-        for record in result.digits:
-            self._digits.labels(record.source.value).inc()
-        if result.digits:
-            self._first_digit.labels(transport).observe(result.digits[0].at_ms / 1000)
+        for source in digit_sources:
+            self._digits.labels(source.value).inc()
+        if first_digit_s is not None:
+            self._first_digit.labels(transport).observe(first_digit_s)
 
     def event_handled(self, transport: str, latency_s: float) -> None:
         self._event_handling.labels(transport).observe(latency_s)
@@ -193,7 +194,7 @@ class Metrics:
     def speech_rejected(self, reason: str) -> None:
         self._speech_rejected.labels(reason).inc()
 
-    def watch_recognizer(self, read_stats: Callable[[], RecognizerStats]) -> None:
+    def watch_recognizer(self, read_stats: Callable[[], RecognizerCounters]) -> None:
         """Expose the recogniser's own counters, read at each scrape."""
         self.registry.register(_RecognizerCollector(read_stats))
 
@@ -220,11 +221,31 @@ class Metrics:
         return encode(self.registry), content_type
 
 
+class RecognizerCounters(Protocol):
+    """What the recogniser counts (``ari_app.speech.recognizer.RecognizerStats``), named here
+    so that this module does not load the recogniser (and numpy) into every process."""
+
+    @property
+    def decoded(self) -> int: ...
+    @property
+    def fallbacks(self) -> int: ...
+    @property
+    def queued_now(self) -> int: ...
+    @property
+    def running_now(self) -> int: ...
+    @property
+    def behind_realtime(self) -> int: ...
+    @property
+    def waited_for_room(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
 class _RecognizerCollector(Collector):
     """The recogniser keeps its own counters (behind real time, fallbacks, ...) under its lock;
     reading them at scrape time keeps the recogniser free of any metrics code."""
 
-    def __init__(self, read_stats: Callable[[], RecognizerStats]) -> None:
+    def __init__(self, read_stats: Callable[[], RecognizerCounters]) -> None:
         self._read_stats = read_stats
 
     def collect(self) -> Iterable[Metric]:

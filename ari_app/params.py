@@ -12,7 +12,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-DTMF_KEYS = frozenset("0123456789*#ABCD")
+from ari_app.media import KEYPAD, TEXT_SCHEME
+
+DTMF_KEYS = KEYPAD
+# Line breaks and other C0 controls, and DEL: never part of a parameter or an AGI argument.
+CONTROL_CHARACTERS = frozenset(map(chr, range(32))) | {"\x7f"}
 MAX_DIGITS_LIMIT = 64
 MAX_ATTEMPTS_LIMIT = 10
 MAX_TIMEOUT_SECONDS = 600.0
@@ -33,8 +37,6 @@ DEFAULT_CONFIRM_PROMPT = (
     "digits:1",
 )
 
-# Text spoken by the TTS engine (ari_app/tts.py): "tts:Please key your number".
-TEXT_SCHEME = "tts:"
 MAX_TEXT_LENGTH = 500
 
 # Media lists may contain commas, which Stasis() splits into separate arguments; an argument
@@ -51,6 +53,10 @@ _TIGHT_COMMA = re.compile(r"(?<!\d),(?=\S)|,(?=[^\d\s])")
 _LABEL = re.compile(r"^[\w.\-:]{1,64}$")
 _TRUE = frozenset({"yes", "true", "1", "on", "y"})
 _FALSE = frozenset({"no", "false", "0", "off", "n"})
+
+
+def has_control_character(text: str) -> bool:
+    return not CONTROL_CHARACTERS.isdisjoint(text)
 
 
 class ParamError(ValueError):
@@ -340,7 +346,7 @@ def _media_item(name: str, item: str) -> str:
             raise ParamError(f"{name} has a tts: item without text")
         if len(text) > MAX_TEXT_LENGTH:
             raise ParamError(f"{name} text is longer than {MAX_TEXT_LENGTH} characters")
-        if any(ord(c) < 32 or c == "\x7f" for c in text):
+        if has_control_character(text):
             raise ParamError(f"{name} text contains a control character")
         if DIGITS_PLACEHOLDER in text:
             raise ParamError(

@@ -18,7 +18,7 @@ from ari_app.logcontext import CONTEXT_FIELDS, CallContextFilter
 from ari_app.metrics import Metrics
 from ari_app.settings import Settings
 from ari_app.speech.recognizer import DigitRecognizer, RecognizerSettings
-from ari_app.speech.rtp import RtpReceiver
+from ari_app.speech.rtp import listen_for_rtp
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.repository import Store
 from ari_app.tts import media_base_url, text_prompts
@@ -123,17 +123,6 @@ async def open_speech(settings: Settings) -> SpeechResources:
         settings.speech_model or "tiny.en (bundled)",
     )
     return SpeechResources(receiver, recognizer, advertised)
-
-
-async def listen_for_rtp(host: str, ports: tuple[int, int]) -> RtpReceiver:
-    first, last = ports
-    last_error: OSError | None = None
-    for port in range(first, last + 1):
-        try:
-            return await RtpReceiver.listen(host, port)
-        except OSError as exc:
-            last_error = exc
-    raise OSError(f"no free UDP port for RTP on {host} in {first}-{last}: {last_error}")
 
 
 async def serve(settings: Settings) -> None:

@@ -34,7 +34,8 @@ class Settings:
     rtp_advertised_host: str = ""  # what Asterisk sends to; "" = rtp_host
     speech_model: str = ""  # a CTranslate2 Whisper directory or name; "" = bundled tiny.en
     speech_workers: int = 2
-    # Operators' HTTP API; not started without a token.
+    # The HTTP server (health, readiness, metrics, text prompts' media) always runs; its
+    # operators' API (/api) answers only once a token is set.
     api_host: str = "127.0.0.1"
     api_port: int = 8090
     api_token: str = ""

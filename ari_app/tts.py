@@ -44,14 +44,15 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ari_app.params import TEXT_SCHEME, Params
+from ari_app.media import TEXT_SCHEME, MediaItem, Sound, TextPrompt, Url
+from ari_app.params import Params
 from ari_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000  # Asterisk's .wav format is 8 kHz 16-bit mono, whatever the channel's codec
 MEDIA_EXTENSION = "wav"
-FALLBACK_MEDIA = "sound:beep"
+FALLBACK_MEDIA = Sound("beep")
 RENDER_TIMEOUT = 20.0
 # How long a call waits for a render at play time: the call task handles nothing else (hangup,
 # keys, timers) meanwhile. A render started when the entry began is usually done by then.
@@ -326,20 +327,20 @@ class TextPrompts:
         """Stop the renders in progress (the service exits)."""
         await self.cache.close()
 
-    async def playable(self, media: Sequence[str], *, label: str) -> list[str]:
-        """``media`` with every ``tts:`` item rendered and replaced by its ``sound:`` URL;
-        an item that cannot be rendered, or not within ``play_wait`` seconds, becomes
+    async def playable(self, media: Sequence[MediaItem], *, label: str) -> list[MediaItem]:
+        """``media`` with every text item rendered and replaced by its :class:`Url`; an item
+        that cannot be rendered, or not within ``play_wait`` seconds, becomes
         :data:`FALLBACK_MEDIA` (logged)."""
-        texts = sorted({item for item in media if item.startswith(TEXT_SCHEME)})
+        texts = sorted({item.text for item in media if isinstance(item, TextPrompt)})
         if not texts:
             return list(media)
-        played = await asyncio.gather(*(self._playable_text(item, label) for item in texts))
-        replacements = dict(zip(texts, played, strict=True))
-        return [replacements.get(item, item) for item in media]
+        played = await asyncio.gather(*(self._playable_text(text, label) for text in texts))
+        rendered = dict(zip(texts, played, strict=True))
+        return [rendered[item.text] if isinstance(item, TextPrompt) else item for item in media]
 
-    async def _playable_text(self, item: str, label: str) -> str:
+    async def _playable_text(self, text: str, label: str) -> MediaItem:
         try:
-            key, render = self.cache.start(item.removeprefix(TEXT_SCHEME))
+            key, render = self.cache.start(text)
         except RecentlyFailed:
             return FALLBACK_MEDIA  # logged when it failed
         # asyncio.wait neither cancels the shared render nor raises its error.
@@ -348,14 +349,14 @@ class TextPrompts:
             log.warning(
                 "channel %s: the text prompt %r is still rendering after %g s; playing %s instead",
                 label,
-                item[:80],
+                (TEXT_SCHEME + text)[:80],
                 self.play_wait,
-                FALLBACK_MEDIA,
+                f"sound:{FALLBACK_MEDIA.name}",
             )
             return FALLBACK_MEDIA
         if render.cancelled() or render.exception() is not None:
             return FALLBACK_MEDIA  # the cache logged why
-        return f"sound:{self.url(key)}"
+        return Url(self.url(key))
 
 
 def default_cache_dir() -> Path:

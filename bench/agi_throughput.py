@@ -35,8 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
-from ari_app.agi.testing import FakeAsterisk, MemoryStore, environment
-from ari_app.call import EntryStore
+from ari_app.ports import EntryStore
+from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 
 # --- the load generator (child process) ----------------------------------------------------------
 
@@ -187,8 +188,8 @@ async def open_store(args: argparse.Namespace, scratch: Path) -> tuple[EntryStor
 
 async def asterisk_burst(server: AgiServer, store: Any, calls: int) -> str:
     """N real calls at once through the sandbox's agi-test context."""
-    from ari_app.sandbox import AsteriskSandbox, default_conf_dir
-    from ari_app.simulate import SimulatedCallers
+    from devtools.sandbox import AsteriskSandbox, default_conf_dir
+    from devtools.simulate import SimulatedCallers
 
     assert server.address is not None
     sandbox = AsteriskSandbox(default_conf_dir())

@@ -26,12 +26,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ari_app.ari.app import AriApplication
-from ari_app.sandbox import AsteriskSandbox, default_conf_dir
 from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.records import EntryOutcome, EntryStart
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox, default_conf_dir
+from devtools.simulate import SimulatedCallers
 
 
 class TimedStore:

@@ -63,7 +63,7 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ari_app.sandbox import AsteriskSandbox, default_conf_dir
+from devtools.sandbox import AsteriskSandbox, default_conf_dir
 
 RATE: Final = 8000
 FRAME: Final = 160  # samples in a 20 ms packet

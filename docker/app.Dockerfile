@@ -8,6 +8,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY ari_app ari_app
 COPY migrations migrations
 COPY asterisk_conf asterisk_conf
+# A plain (non-editable) install: the wheel carries the migrations (ari_app/migrations), so
+# `serve` migrates from any directory. tests/test_wheel.py runs these steps outside Docker.
 RUN pip install --no-cache-dir .
-# Migrations live next to the code (see ari_app/store/migrate.py); run from this directory.
 CMD ["ari-digits", "serve"]

@@ -1,13 +1,13 @@
-"""Test helpers on top of :mod:`ari_app.simulate`."""
+"""Test helpers on top of :mod:`devtools.simulate`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.store.records import StoredEntry
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox
 
 
 async def stored_entry(store: Store, channel_id: str, within: float = 20.0) -> StoredEntry:

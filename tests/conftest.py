@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from ari_app.ari.app import AriApplication
-from ari_app.sandbox import AsteriskSandbox, SandboxError
 from ari_app.server import running_service
 from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers
 from ari_app.store.migrate import upgrade_to_head
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox, SandboxError
+from devtools.simulate import SimulatedCallers
 from tests.pg import temporary_postgres_database, temporary_postgres_database_sync
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
-from ari_app.sandbox import AsteriskSandbox
-from ari_app.simulate import Call, SimulatedCallers
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox
+from devtools.simulate import Call, SimulatedCallers
 from tests.asterisk_harness import ensure_agi_dialplan, stored_entry
 
 pytestmark = pytest.mark.asterisk

@@ -18,10 +18,13 @@ import pytest
 from ari_app.agi import AgiConfig, AgiServer, running_agi_server
 from ari_app.agi.port import agi_media, agi_quote
 from ari_app.agi.server import query_arguments
-from ari_app.agi.testing import DEAD, FakeAsterisk, MemoryStore, environment
 from ari_app.call import CallSession
+from ari_app.engine import Action, Event
+from ari_app.media import media_item
 from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
+from devtools.fake_asterisk import DEAD, FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 
 ESC = '"0123456789\\*#ABCD"'  # the escape keys, as a regular expression
 POLL = 0.02
@@ -112,6 +115,32 @@ async def test_a_key_during_the_prompt_stops_it_and_is_kept(agi: Agi) -> None:
     await caller.expect(f"STREAM FILE demo-congrats {ESC}", "200 result=52 endpos=8000")
     # The rest of the prompt list is dropped: the next command listens.
     await caller.expect("WAIT FOR DIGIT 20", "200 result=50")
+    await caller.expect('SET VARIABLE DIGITS "42"', "200 result=1")
+    await caller.expect('SET VARIABLE DIGITS_STATUS "completed"', "200 result=1")
+    await caller.expect("SET VARIABLE DIGITS_CONFIRMED .*", "200 result=1")
+    await caller.expect("SET VARIABLE DIGITS_ID .*", "200 result=1")
+    await caller.expect_closed()
+
+
+async def test_the_driver_waits_for_the_session_however_many_turns_it_takes(
+    agi: Agi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No loop counting: a session that needs many more event-loop turns to act on a key (ten
+    extra awaits before each action) still stops the prompt before the driver's next command,
+    because the driver waits for the session's acknowledgement (``drained()``)."""
+    execute = CallSession._execute
+
+    async def slow_execute(session: CallSession, action: Action) -> Event | None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return await execute(session, action)
+
+    monkeypatch.setattr(CallSession, "_execute", slow_execute)
+    caller = await agi.caller("num_digits=2&prompt=sound:demo-congrats%2Csound:beep")
+    await caller.expect("ANSWER", "200 result=0")
+    await caller.expect(f"STREAM FILE demo-congrats {ESC}", "200 result=52 endpos=8000")
+    # Not "STREAM FILE demo-congrats … 8000": the key stopped the prompt.
+    await caller.expect("WAIT FOR DIGIT .*", "200 result=50")
     await caller.expect('SET VARIABLE DIGITS "42"', "200 result=1")
     await caller.expect('SET VARIABLE DIGITS_STATUS "completed"', "200 result=1")
     await caller.expect("SET VARIABLE DIGITS_CONFIRMED .*", "200 result=1")
@@ -394,18 +423,16 @@ def test_agi_port_setting() -> None:
 
 
 def test_media_uris_map_to_agi_commands(caplog: pytest.LogCaptureFixture) -> None:
-    items = agi_media(
-        [
-            "sound:beep",
-            "digits:1*#A",
-            "number:42",
-            "characters:ab",
-            "tone:ring",
-            "recording:greeting",
-            'sound:a"b',
-        ],
-        label="c1",
-    )
+    uris = [
+        "sound:beep",
+        "digits:1*#A",
+        "number:42",
+        "characters:ab",
+        "tone:ring",
+        "recording:greeting",
+        'sound:a"b',
+    ]
+    items = agi_media([media_item(uri) for uri in uris], label="c1")
     assert [(i.command, i.resumable) for i in items] == [
         ("STREAM FILE beep", True),
         ("STREAM FILE digits/1", True),

@@ -32,7 +32,8 @@ from ari_app.agi.fastagi import (
     parse_environment,
     parse_reply,
 )
-from ari_app.agi.testing import DEAD, FakeAsterisk, MemoryStore, Transcript, environment
+from devtools.fake_asterisk import DEAD, FakeAsterisk, Transcript, environment
+from devtools.memory_store import MemoryStore
 
 ESC = '"0123456789\\*#ABCD"'
 

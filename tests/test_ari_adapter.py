@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ari_app.ari import app as ari_app_module
-from ari_app.ari.app import AriApplication, AriCallPort, interruptible_media
+from ari_app.ari.app import AriApplication, AriCallPort, ari_media
 from ari_app.ari.client import AriUnreachable
 from ari_app.ari.events import (
     ChannelLeft,
@@ -21,9 +21,11 @@ from ari_app.ari.events import (
     StasisStarted,
     parse_event,
 )
-from ari_app.call import CallInfo, CallSession, ChannelGone, TransportError
+from ari_app.media import MediaItem, media_item
+from ari_app.ports import CallPort, ChannelGone, TransportError
 from ari_app.settings import Settings
-from ari_app.store.records import EntryOutcome, EntryStart
+from ari_app.store.records import EntryStart
+from devtools.memory_store import MemoryStore
 
 # Recorded from Asterisk 22.10.1 (the sandbox), trimmed to the fields that matter.
 STASIS_START: dict[str, Any] = {
@@ -114,7 +116,8 @@ def test_malformed_events_are_rejected(raw: dict[str, Any]) -> None:
 
 
 def test_digits_media_is_spelled_as_interruptible_sound_files() -> None:
-    assert interruptible_media(["sound:you-entered", "digits:1*#", "number:5"]) == [
+    media = [media_item(uri) for uri in ("sound:you-entered", "digits:1*#", "number:5")]
+    assert ari_media(media) == [
         "sound:you-entered",
         "sound:digits/1",
         "sound:digits/star",
@@ -124,19 +127,6 @@ def test_digits_media_is_spelled_as_interruptible_sound_files() -> None:
 
 
 # --- routing, with a scripted port and store -------------------------------------------------
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.started: list[EntryStart] = []
-        self.finished: dict[int, EntryOutcome] = {}
-
-    async def start_entry(self, start: EntryStart) -> int:
-        self.started.append(start)
-        return len(self.started)
-
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
-        self.finished[entry_id] = outcome
 
 
 class ScriptedPort:
@@ -151,7 +141,7 @@ class ScriptedPort:
     async def answer(self) -> None:
         self.calls.append(("answer", None))
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         self.calls.append(("play", playback_id))
         if self.hold_play is not None:
             await self.hold_play.wait()
@@ -171,25 +161,17 @@ class ScriptedPort:
 class RoutingApp(AriApplication):
     """The real dispatcher with ports handed out per channel by the test."""
 
-    def __init__(self, store: FakeStore, ports: dict[str, ScriptedPort]) -> None:
+    def __init__(self, store: MemoryStore, ports: dict[str, ScriptedPort]) -> None:
         super().__init__(Settings(hash_key="k"), store)
         self.ports = ports
 
-    def _start_session(self, event: StasisStarted) -> None:
-        info = CallInfo(event.channel.id, event.channel.name, None, None, None, "ari", False)
-        session = CallSession(
-            info, event.args, self.ports[event.channel.id], self._store, hash_key="k"
-        )
-        self.sessions[event.channel.id] = session
-        self._idle.clear()
-        task = asyncio.create_task(self._run_session(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def port(self, channel_id: str) -> CallPort:
+        return self.ports[channel_id]
 
 
 async def test_a_slow_channel_never_delays_another_and_events_stay_in_order() -> None:
     held = asyncio.Event()
-    store = FakeStore()
+    store = MemoryStore()
     ports = {"slow": ScriptedPort(hold_play=held), "fast": ScriptedPort()}
     app = RoutingApp(store, ports)
     # Everything arrives at once, as if read off the websocket in one burst.
@@ -203,50 +185,50 @@ async def test_a_slow_channel_never_delays_another_and_events_stay_in_order() ->
     # The fast channel finished while the slow one is still stuck in its first REST call.
     assert "fast" not in app.sessions
     assert "slow" in app.sessions
-    assert [o.user_input for o in store.finished.values()] == ["1234"]
+    assert [o.user_input for o in store.outcomes.values()] == ["1234"]
     held.set()
     await app.wait_idle(within=1)
-    assert sorted(o.user_input for o in store.finished.values()) == ["1234", "4321"]
+    assert sorted(o.user_input for o in store.outcomes.values()) == ["1234", "4321"]
 
 
 async def test_malformed_event_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
-    app = RoutingApp(FakeStore(), {})
+    app = RoutingApp(MemoryStore(), {})
     app.dispatch({"type": "StasisStart", "channel": {"id": 3}})
     assert "dropped a malformed ARI event" in caplog.text
     assert app.sessions == {}
 
 
 async def test_own_snoop_and_media_channels_are_not_collected() -> None:
-    app = AriApplication(Settings(), FakeStore())
+    app = AriApplication(Settings(), MemoryStore())
     app.dispatch(with_channel(STASIS_START, "s1", name="Snoop/1795621797.0-00000001"))
     app.dispatch(with_channel(STASIS_START, "m1", name="UnicastRTP/127.0.0.1:40000-0x1"))
     assert app.sessions == {}
 
 
 async def test_channel_gone_while_playing_ends_as_hangup_without_returning() -> None:
-    store = FakeStore()
+    store = MemoryStore()
     port = ScriptedPort(fail_with=ChannelGone("404"))
     app = RoutingApp(store, {"c": port})
     app.dispatch(with_channel(STASIS_START, "c"))
     await app.wait_idle(within=1)
-    assert store.finished[1].status == "hangup"
+    assert store.outcomes[1].status == "hangup"
     assert not any(name in ("set", "release") for name, _ in port.calls)
 
 
 async def test_transport_error_ends_as_interrupted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    store = FakeStore()
+    store = MemoryStore()
     app = RoutingApp(store, {"c": ScriptedPort(fail_with=TransportError("connection reset"))})
     app.dispatch(with_channel(STASIS_START, "c"))
     await app.wait_idle(within=1)
-    assert store.finished[1].status == "interrupted"
+    assert store.outcomes[1].status == "interrupted"
     assert "lost Asterisk" in caplog.text
 
 
 async def test_a_failing_store_still_returns_the_call_to_the_dialplan(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class BrokenStore(FakeStore):
+    class BrokenStore(MemoryStore):
         async def start_entry(self, start: EntryStart) -> int:
             raise OSError("disk full")
 
@@ -268,7 +250,7 @@ async def test_a_failing_store_still_returns_the_call_to_the_dialplan(
 
 
 async def test_bad_arguments_set_the_error_variables() -> None:
-    store = FakeStore()
+    store = MemoryStore()
     port = ScriptedPort()
     app = RoutingApp(store, {"c": port})
     app.dispatch({**with_channel(STASIS_START, "c"), "args": ["max_digits=10000"]})
@@ -277,8 +259,8 @@ async def test_bad_arguments_set_the_error_variables() -> None:
     assert isinstance(variables, dict)
     assert variables["DIGITS_STATUS"] == "error"
     assert "max_digits must be between 1 and 64" in variables["DIGITS_ERROR"]
-    assert store.finished[1].status == "error"
-    assert store.started[0].parameters == {"arguments": ["max_digits=10000"]}
+    assert store.outcomes[1].status == "error"
+    assert store.starts[1].parameters == {"arguments": ["max_digits=10000"]}
 
 
 class ReconnectingClient:
@@ -300,7 +282,7 @@ async def test_handing_back_waits_for_the_reconnect(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
-    app = AriApplication(Settings(), FakeStore())
+    app = AriApplication(Settings(), MemoryStore())
     client = ReconnectingClient(failures=1)
     app.client = client  # type: ignore[assignment]
     release = asyncio.create_task(AriCallPort(app, "c").release())
@@ -314,7 +296,7 @@ async def test_handing_back_waits_for_the_reconnect(
 
 async def test_handing_back_gives_up_after_its_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
-    app = AriApplication(Settings(), FakeStore())
+    app = AriApplication(Settings(), MemoryStore())
     app.handback_patience = 0.05
     app.client = ReconnectingClient(failures=1000)  # type: ignore[assignment]
     with pytest.raises(TransportError):
@@ -323,7 +305,7 @@ async def test_handing_back_gives_up_after_its_patience(monkeypatch: pytest.Monk
 
 async def test_an_error_ari_answered_with_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
-    app = AriApplication(Settings(), FakeStore())
+    app = AriApplication(Settings(), MemoryStore())
     client = ReconnectingClient(failures=1, error=TransportError("continue: HTTP 500"))
     app.client = client  # type: ignore[assignment]
     with pytest.raises(TransportError, match="HTTP 500"):
@@ -335,10 +317,10 @@ async def test_shutdown_cancels_calls_still_running_after_the_grace(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     held = asyncio.Event()  # never set: Asterisk never answers the first play
-    app = RoutingApp(FakeStore(), {"stuck": ScriptedPort(hold_play=held)})
+    app = RoutingApp(MemoryStore(), {"stuck": ScriptedPort(hold_play=held)})
     app.dispatch(with_channel(STASIS_START, "stuck"))
     await asyncio.sleep(0.01)
-    [task] = app._tasks
+    [task] = app.runner.tasks
     await app.shutdown(grace=0.05)
     assert task.cancelled()
     assert "cancelling 1 call tasks" in caplog.text

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.server import running_service
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.records import EntryStart
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox
 from tests.asterisk_harness import stored_entry
 from tests.conftest import Service, service_settings
 

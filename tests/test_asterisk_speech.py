@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.server import running_service
-from ari_app.simulate import SimulatedCallers, synthesize_caller_speech
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox
+from devtools.simulate import SimulatedCallers, synthesize_caller_speech
 from tests.asterisk_harness import stored_entry
 from tests.conftest import Service, free_tcp_port, service_settings
 from tests.test_agi_calls import ensure_agi_dialplan

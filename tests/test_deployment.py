@@ -2,7 +2,7 @@
 
 `scripts/test` runs ``docker-compose config`` (the file is valid); these tests check that the
 images mirror the sandbox the rest of the suite runs against and that start-up is ordered by
-health, not by luck.
+health, not by luck. ``tests/test_wheel.py`` runs the app image's install steps themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ari_app.sandbox import PACKAGES, SUITE
+from devtools.sandbox import PACKAGES, SUITE
 
 REPO = Path(__file__).resolve().parents[1]
 

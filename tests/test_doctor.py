@@ -20,27 +20,17 @@ from aiohttp import web
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from ari_app import cli, doctor
-from ari_app.doctor import (
-    CORE_MODULES,
-    CheckResult,
-    ModuleRequirement,
-    Status,
-    check_database,
-    check_modules,
-    check_text_engine,
-    exit_status,
-    parse_prompts,
-    prompt_sounds,
-    required_modules,
-    run_checks,
-    summary,
-)
+from ari_app import cli
+from ari_app.doctor import CheckResult, Status, exit_status, lookups, run_checks, summary
+from ari_app.doctor.database import check_database
+from ari_app.doctor.modules import CORE_MODULES, ModuleRequirement, check_modules, required_modules
+from ari_app.doctor.sounds import parse_prompts, prompt_sounds
+from ari_app.doctor.text_engine import check_text_engine
 from ari_app.params import parse_params
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers
 from ari_app.store.migrate import alembic_config, upgrade_to_head, upgrade_to_head_async
+from devtools.sandbox import AsteriskSandbox
+from devtools.simulate import SimulatedCallers
 from tests.conftest import Service, free_tcp_port, service_settings
 
 # Where the sandbox's "en" sounds live (en and en_US are links to it).
@@ -590,7 +580,7 @@ async def test_a_broken_lookup_after_ari_passed_fails_that_check_only(
     check: str,
     message: str,
 ) -> None:
-    monkeypatch.setattr(doctor, "HTTP_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(lookups, "HTTP_TIMEOUT_SECONDS", 0.5)
     url = await fake_ari({route: handler})
     settings = Settings(ari_url=url, database_url=migrated_sqlite, speech=False)
 

@@ -16,13 +16,14 @@ from ari_app.engine import (
     Timer,
     luhn_valid,
 )
+from ari_app.media import Digits, Sound
 from tests.engine_driver import Driver
 
 
 def test_prompt_plays_first_then_digits_complete_at_max_digits() -> None:
     d = Driver.start("num_digits=4")
     assert d.playing is not None
-    assert d.playing.media == ("sound:beep",)
+    assert d.playing.media == (Sound("beep"),)
     d.finish_prompt()
     d.keys("1234")
     result = d.finished
@@ -146,7 +147,7 @@ def test_failed_attempt_plays_invalid_prompt_then_prompt_and_retries() -> None:
     d.advance(3)
     assert d.result is None
     assert d.playing is not None
-    assert d.playing.media == ("sound:bad", "sound:beep")
+    assert d.playing.media == (Sound("bad"), Sound("beep"))
     d.finish_prompt()
     d.keys("42")
     result = d.finished
@@ -225,10 +226,10 @@ def test_confirmation_reads_digits_back_and_1_confirms() -> None:
     d = confirm_flow()
     assert d.playing is not None
     assert d.playing.media == (
-        "sound:you-entered",
-        "digits:555",
-        "sound:if-correct-press",
-        "digits:1",
+        Sound("you-entered"),
+        Digits("555"),
+        Sound("if-correct-press"),
+        Digits("1"),
     )
     d.finish_prompt()
     d.keys("1")
@@ -407,7 +408,7 @@ def test_bad_parameters_end_the_entry_with_error_and_never_raise(
 def test_media_lists_split_by_stasis_commas_are_rejoined() -> None:
     d = Driver.start("num_digits=1", "prompt=sound:hello", "sound:world", "label=x")
     assert d.playing is not None
-    assert d.playing.media == ("sound:hello", "sound:world")
+    assert d.playing.media == (Sound("hello"), Sound("world"))
     params = d.collector.params
     assert params is not None and params.label == "x"
 
@@ -415,7 +416,7 @@ def test_media_lists_split_by_stasis_commas_are_rejoined() -> None:
 def test_confirm_prompt_without_placeholder_appends_the_digits() -> None:
     d = confirm_flow("confirm_prompt=sound:you-entered")
     assert d.playing is not None
-    assert d.playing.media == ("sound:you-entered", "digits:555")
+    assert d.playing.media == (Sound("you-entered"), Digits("555"))
 
 
 # --- spoken digits ----------------------------------------------------------------------------
@@ -501,7 +502,7 @@ def test_rejected_talk_past_the_deadline_ends_the_attempt_when_it_is_judged() ->
     assert d.timers[Timer.NO_INPUT][0] == d.now  # what was left of it: nothing
     d.advance(0.0)
     assert d.playing is not None
-    assert d.playing.media == ("sound:please-try-again", "sound:beep")
+    assert d.playing.media == (Sound("please-try-again"), Sound("beep"))
 
 
 def test_a_caller_who_only_talks_gets_the_retry_prompt_then_no_input() -> None:
@@ -509,7 +510,7 @@ def test_a_caller_who_only_talks_gets_the_retry_prompt_then_no_input() -> None:
     d.finish_prompt()
     speak(d, after=1.0, transcript="hello?", rejected="not_digits")
     d.advance(3.1)
-    assert d.playing is not None and d.playing.media[0] == "sound:please-try-again"
+    assert d.playing is not None and d.playing.media[0] == Sound("please-try-again")
     d.finish_prompt()
     speak(d, after=1.0, transcript="hello? hello?", rejected="not_digits")
     d.advance(3.1)

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from ari_app.agi import AgiConfig, running_agi_server
-from ari_app.agi.testing import FakeAsterisk, MemoryStore, environment
 from ari_app.ari.app import AriApplication
 from ari_app.logcontext import CallContextFilter, CallLogContext, current_call, enter_call
 from ari_app.server import JsonFormatter, configure_logging
 from ari_app.settings import Settings
+from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 from tests.conftest import Service
 from tests.test_ari_adapter import STASIS_START
 from tests.test_metrics import AlwaysAnsweringAri, keyed

@@ -22,7 +22,6 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ari_app.agi import AgiConfig, running_agi_server
-from ari_app.agi.testing import FakeAsterisk, MemoryStore, environment
 from ari_app.ari.app import AriApplication
 from ari_app.http import API_DISABLED, running_http_api
 from ari_app.metrics import DB_OPERATIONS, Metrics
@@ -33,6 +32,8 @@ from ari_app.speech.recognizer import RecognizerStats
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.records import EntryOutcome, EntryStart
 from ari_app.store.repository import Store
+from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 from tests.conftest import Service, free_tcp_port
 from tests.test_ari_adapter import DTMF, STASIS_START, with_channel
 from tests.test_speech_listener import ScriptedRecognizer, Target, as_rtp, spoken_pcm16

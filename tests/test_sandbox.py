@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ari_app.sandbox import AsteriskSandbox, default_conf_dir
+from devtools.sandbox import AsteriskSandbox, default_conf_dir
 
 pytestmark = [
     pytest.mark.asterisk,

@@ -18,11 +18,11 @@ import pytest
 
 from ari_app.agi.port import agi_media
 from ari_app.agi.server import AgiConfig, query_arguments, running_agi_server
-from ari_app.agi.testing import FakeAsterisk, MemoryStore, environment
 from ari_app.ari.app import AriApplication
 from ari_app.engine import Digit, DigitCollector, Finish, Play, Start, Status
 from ari_app.http.api import running_http_api
 from ari_app.http.media import media_routes
+from ari_app.media import Digits, MediaItem, Sound, TextPrompt, Url
 from ari_app.params import MAX_TEXT_LENGTH, ParamError, Params, parse_params, split_arguments
 from ari_app.settings import Settings, SettingsError
 from ari_app.store.repository import Store
@@ -38,6 +38,8 @@ from ari_app.tts import (
     resample,
     telephone_wav,
 )
+from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.memory_store import MemoryStore
 
 # --- the prompt syntax ------------------------------------------------------------------
 
@@ -98,7 +100,7 @@ def test_the_read_back_with_text_is_text_then_the_digits() -> None:
     collector.handle(Start(0.0))
     actions = collector.handle(Digit("4", 1.0)) + collector.handle(Digit("2", 1.1))
     plays = [a for a in actions if isinstance(a, Play)]
-    assert plays[-1].media == ("tts:You entered", "digits:42")
+    assert plays[-1].media == (TextPrompt("You entered"), Digits("42"))
 
 
 @pytest.mark.parametrize(
@@ -334,18 +336,18 @@ async def test_closing_cancels_the_renders_in_progress(tmp_path: Path) -> None:
 
 async def test_text_items_become_media_urls_and_the_rest_stays(tmp_path: Path) -> None:
     prompts = TextPrompts(PromptCache(FakeEngine(), tmp_path), "http://10.0.0.5:8090")
-    media = ["sound:beep", "tts:Key your PIN", "digits:12", "tts:Key your PIN"]
+    media = [Sound("beep"), TextPrompt("Key your PIN"), Digits("12"), TextPrompt("Key your PIN")]
     key = prompts.cache.key("Key your PIN")
-    url = f"sound:http://10.0.0.5:8090/media/{key}.wav"
-    assert await prompts.playable(media, label="ch-1") == ["sound:beep", url, "digits:12", url]
+    url = Url(f"http://10.0.0.5:8090/media/{key}.wav")
+    assert await prompts.playable(media, label="ch-1") == [Sound("beep"), url, Digits("12"), url]
 
 
 async def test_media_without_text_renders_nothing(tmp_path: Path) -> None:
     engine = FakeEngine()
     prompts = TextPrompts(PromptCache(engine, tmp_path), "http://h:1")
-    assert await prompts.playable(["sound:beep", "digits:12"], label="ch-1") == [
-        "sound:beep",
-        "digits:12",
+    assert await prompts.playable([Sound("beep"), Digits("12")], label="ch-1") == [
+        Sound("beep"),
+        Digits("12"),
     ]
     assert engine.rendered == []
 
@@ -357,9 +359,9 @@ async def test_a_failed_render_plays_the_fallback_and_says_why_once(
     engine.failures = 1
     prompts = TextPrompts(PromptCache(engine, tmp_path), "http://h:1")
     with caplog.at_level(logging.WARNING, logger="ari_app.tts"):
-        media = await prompts.playable(["tts:Key your PIN", "sound:vm-then"], label="ch-7")
-        again = await prompts.playable(["tts:Key your PIN"], label="ch-8")
-    assert media == [FALLBACK_MEDIA, "sound:vm-then"]
+        media = await prompts.playable([TextPrompt("Key your PIN"), Sound("vm-then")], label="ch-7")
+        again = await prompts.playable([TextPrompt("Key your PIN")], label="ch-8")
+    assert media == [FALLBACK_MEDIA, Sound("vm-then")]
     assert again == [FALLBACK_MEDIA]
     assert engine.rendered == ["Key your PIN"]
     [record] = caplog.records  # not one per prompt of every call
@@ -384,9 +386,9 @@ async def test_prepared_prompts_render_before_they_are_played(tmp_path: Path) ->
     await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    [played] = await prompts.playable(["tts:Key your PIN"], label="ch-1")
+    [played] = await prompts.playable([TextPrompt("Key your PIN")], label="ch-1")
     assert loop.time() - started < 0.04  # found done, not waited for
-    assert played == f"sound:http://h:1/media/{prompts.cache.key('Key your PIN')}.wav"
+    assert played == Url(f"http://h:1/media/{prompts.cache.key('Key your PIN')}.wav")
     assert len(engine.rendered) == 2
 
 
@@ -399,15 +401,15 @@ async def test_a_slow_render_plays_the_fallback_after_play_wait_and_goes_on(
     loop = asyncio.get_running_loop()
     started = loop.time()
     with caplog.at_level(logging.WARNING, logger="ari_app.tts"):
-        media = await prompts.playable(["tts:Key your PIN", "sound:beep"], label="ch-3")
+        media = await prompts.playable([TextPrompt("Key your PIN"), Sound("beep")], label="ch-3")
     assert 0.1 <= loop.time() - started < 1.0
-    assert media == [FALLBACK_MEDIA, "sound:beep"]
+    assert media == [FALLBACK_MEDIA, Sound("beep")]
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     assert "ch-3" in record.getMessage() and "still rendering" in record.getMessage()
     engine.release.set()  # the render went on: the next prompt plays the text
-    [played] = await prompts.playable(["tts:Key your PIN"], label="ch-3")
-    assert played.startswith("sound:http://h:1/media/")
+    [played] = await prompts.playable([TextPrompt("Key your PIN")], label="ch-3")
+    assert isinstance(played, Url) and played.url.startswith("http://h:1/media/")
     assert engine.rendered == ["Key your PIN"]
 
 
@@ -416,13 +418,13 @@ class RecordingPrompts(TextPrompts):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(PromptCache(FakeEngine(), directory), "http://h:1")
-        self.steps: list[tuple[str, tuple[str, ...]]] = []
+        self.steps: list[tuple[str, tuple[str | MediaItem, ...]]] = []
 
     def prepare(self, params: Params | None) -> None:
         self.steps.append(("prepare", params.prompt if params is not None else ()))
         super().prepare(params)
 
-    async def playable(self, media: Sequence[str], *, label: str) -> list[str]:
+    async def playable(self, media: Sequence[MediaItem], *, label: str) -> list[MediaItem]:
         self.steps.append(("play", tuple(media)))
         return await super().playable(media, label=label)
 
@@ -441,7 +443,7 @@ async def test_the_ari_adapter_prepares_an_entry_s_prompts_before_playing(tmp_pa
     await app.wait_idle(within=5)
     assert prompts.steps[:2] == [
         ("prepare", ("tts:Key your PIN",)),
-        ("play", ("tts:Key your PIN",)),
+        ("play", (TextPrompt("Key your PIN"),)),
     ]
 
 
@@ -461,13 +463,13 @@ async def test_the_agi_adapter_prepares_an_entry_s_prompts_before_playing(tmp_pa
     assert transcript.variables["DIGITS"] == "1234"
     assert prompts.steps[:2] == [
         ("prepare", ("tts:Key your PIN",)),
-        ("play", ("tts:Key your PIN",)),
+        ("play", (TextPrompt("Key your PIN"),)),
     ]
 
 
 def test_agi_streams_remote_media_and_refuses_what_would_break_the_command() -> None:
     url = "http://127.0.0.1:8090/media/" + "a" * 64 + ".wav"
-    items = agi_media([f"sound:{url}", 'sound:http://h/a b"c.wav', "tts:not rendered"])
+    items = agi_media([Url(url), Url('http://h/a b"c.wav'), TextPrompt("not rendered")])
     assert [item.command for item in items] == [f"STREAM FILE {url}"]
     assert items[0].resumable
 

@@ -22,12 +22,12 @@ from aiohttp import web
 
 from ari_app.agi import AgiConfig, running_agi_server
 from ari_app.http.media import media_routes
-from ari_app.sandbox import AsteriskSandbox
 from ari_app.server import running_service
-from ari_app.simulate import SimulatedCallers, caller_recording
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.repository import Store
 from ari_app.tts import EspeakNg, PromptCache, TextPrompts
+from devtools.sandbox import AsteriskSandbox
+from devtools.simulate import SimulatedCallers, caller_recording
 from tests.asterisk_harness import ensure_agi_dialplan
 from tests.conftest import service_settings
 

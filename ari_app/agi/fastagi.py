@@ -39,7 +39,7 @@ from typing import Any
 from panoramisk import fast_agi
 from panoramisk.utils import parse_agi_result
 
-from ari_app.call import ChannelGone, TransportError
+from ari_app.ports import ChannelGone, TransportError
 
 log = logging.getLogger(__name__)
 

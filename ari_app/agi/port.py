@@ -1,4 +1,4 @@
-"""A session's channel over FastAGI: the :class:`~ari_app.call.CallPort`, and the task driving it.
+"""A session's channel over FastAGI: the :class:`~ari_app.ports.CallPort`, and the task driving it.
 
 AGI runs one command at a time and Asterisk reports nothing between commands, so this port is
 an active driver rather than an event listener: one task per connection owns the AGI channel.
@@ -40,8 +40,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ari_app.agi.fastagi import AgiChannelGone, AgiReply, AgiRequest
-from ari_app.call import CallSession, ChannelGone, TransportError
-from ari_app.params import DTMF_KEYS
+from ari_app.media import (
+    Characters,
+    Digits,
+    MediaItem,
+    Number,
+    Sound,
+    Url,
+    key_sounds,
+    shown,
+)
+from ari_app.params import CONTROL_CHARACTERS, DTMF_KEYS
+from ari_app.ports import ChannelGone, SessionInbox, TransportError
 from ari_app.tts import TextPrompts
 
 log = logging.getLogger(__name__)
@@ -50,7 +60,6 @@ ESCAPE_KEYS = "0123456789*#ABCD"
 POLL_INTERVAL = 1.0  # the longest WAIT FOR DIGIT
 COMMAND_TIMEOUT = 10.0
 PLAYBACK_TIMEOUT = 300.0
-SETTLE_STEPS = 3  # loop turns a session needs to act on one delivered event
 MIN_POLL_MS = 10
 TIMER_MARGIN_MS = 3  # a poll ends this long after the session's timer is due
 
@@ -60,7 +69,6 @@ _SAFE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./\-]{0,199}$")
 _REMOTE_FILE = re.compile(r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]-]{1,500}$")
 _NUMBER = re.compile(r"^-?\d{1,15}$")
 _CHARACTERS = re.compile(r"^[A-Za-z0-9]{1,64}$")
-_SPOKEN_KEYS = {"*": "digits/star", "#": "digits/pound"}
 
 
 @dataclass(frozen=True)
@@ -72,43 +80,40 @@ class AgiMedia:
     shown: str
 
 
-def agi_media(media: Sequence[str], *, label: str = "-") -> list[AgiMedia]:
-    """ARI media URIs as AGI commands (escape keys and offset are added when played).
+def agi_media(media: Sequence[MediaItem], *, label: str = "-") -> list[AgiMedia]:
+    """Typed media items as AGI commands (escape keys and offset are added when played).
 
-    ``sound:x`` → ``STREAM FILE x`` (``x`` may be an ``http(s)://`` URL: Asterisk fetches it
-    through ``res_http_media_cache``); ``digits:12*`` → the ``digits/N`` files (interruptible,
-    like the ARI path's read-back); ``number:42`` → ``SAY NUMBER``; ``characters:ab`` →
-    ``SAY ALPHA``. ``tone:`` and ``recording:`` have no AGI equivalent and are skipped, with
-    a log line. Values never reach a log line for ``digits:`` (they may be a caller's PIN).
+    A sound file or URL → ``STREAM FILE`` (Asterisk fetches a URL through
+    ``res_http_media_cache``); a read-back → its keys' sound files (interruptible, like the ARI
+    path's); a number → ``SAY NUMBER``; characters → ``SAY ALPHA``. What AGI cannot play
+    (``tone:``, ``recording:``, text not rendered, a value that would break the command) is
+    skipped, with a log line that never shows a read-back's keys.
     """
     items: list[AgiMedia] = []
-    for uri in media:
-        scheme, _, value = uri.partition(":")
-        if scheme == "sound" and (_SAFE_FILE.match(value) or _REMOTE_FILE.match(value)):
-            items.append(AgiMedia(f"STREAM FILE {value}", True, uri))
-        elif scheme == "digits" and value and all(c in DTMF_KEYS for c in value.upper()):
-            for char in value.upper():
-                sound = _SPOKEN_KEYS.get(char) or (
-                    f"digits/{char}" if char.isdigit() else f"letters/{char.lower()}"
+    for item in media:
+        match item:
+            case Sound(name) if _SAFE_FILE.match(name):
+                items.append(AgiMedia(f"STREAM FILE {name}", True, shown(item)))
+            case Url(url) if _REMOTE_FILE.match(url):
+                items.append(AgiMedia(f"STREAM FILE {url}", True, shown(item)))
+            case Digits(keys) if sounds := key_sounds(keys):
+                items += [AgiMedia(f"STREAM FILE {s}", True, "a read-back digit") for s in sounds]
+            case Number(value) if _NUMBER.match(value):
+                items.append(AgiMedia(f"SAY NUMBER {value}", False, shown(item)))
+            case Characters(value) if _CHARACTERS.match(value):
+                items.append(AgiMedia(f"SAY ALPHA {value}", False, shown(item)))
+            case _:
+                log.warning(
+                    "channel %s: media %r cannot be played over AGI; skipped",
+                    label,
+                    shown(item)[:80],
                 )
-                items.append(AgiMedia(f"STREAM FILE {sound}", True, "a read-back digit"))
-        elif scheme == "number" and _NUMBER.match(value):
-            items.append(AgiMedia(f"SAY NUMBER {value}", False, "number:…"))
-        elif scheme == "characters" and _CHARACTERS.match(value):
-            items.append(AgiMedia(f"SAY ALPHA {value}", False, "characters:…"))
-        else:
-            shown = uri if scheme in ("sound", "tone", "recording") else f"{scheme}:…"
-            log.warning(
-                "channel %s: media %r cannot be played over AGI; skipped",
-                label,
-                shown[:80],
-            )
     return items
 
 
 def agi_quote(value: str) -> str:
     """A value as one quoted AGI argument: no line breaks, quotes and backslashes escaped."""
-    flat = "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in value)
+    flat = "".join(" " if c in CONTROL_CHARACTERS else c for c in value)
     return '"' + flat.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -122,7 +127,7 @@ class _Playlist:
 
 
 class AgiCallPort:
-    """The :class:`~ari_app.call.CallPort` of one FastAGI connection; run :meth:`drive`."""
+    """The :class:`~ari_app.ports.CallPort` of one FastAGI connection; run :meth:`drive`."""
 
     def __init__(
         self,
@@ -157,7 +162,7 @@ class AgiCallPort:
                 raise AgiChannelGone("the channel hung up before it was answered")
             raise TransportError("ANSWER failed")
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         if self._prompts is not None:
             media = await self._prompts.playable(media, label=self._label)
         self._playlist = _Playlist(playback_id, agi_media(media, label=self._label))
@@ -194,7 +199,7 @@ class AgiCallPort:
 
     # --- the driver -------------------------------------------------------------------------
 
-    async def drive(self, session: CallSession) -> None:
+    async def drive(self, session: SessionInbox) -> None:
         """Play, listen and report to ``session`` until released; never raises."""
         try:
             await self._drive(session)
@@ -217,7 +222,7 @@ class AgiCallPort:
             if not future.done():
                 future.set_exception(self._ended)
 
-    async def _drive(self, session: CallSession) -> None:
+    async def _drive(self, session: SessionInbox) -> None:
         while True:
             playlist = self._playlist
             if self._calls:
@@ -228,10 +233,10 @@ class AgiCallPort:
                 else:
                     self._playlist = None
                     session.deliver_playback_finished(playlist.playback_id)
-                    await self._settle()
+                    await session.drained()
             elif self._released:
                 return
-            elif self._listening and session.result is None:
+            elif self._listening and session.collecting:
                 await self._poll(session)
             else:
                 self._wake.clear()
@@ -248,7 +253,7 @@ class AgiCallPort:
             raise
         future.set_result(reply)
 
-    async def _play_item(self, session: CallSession, playlist: _Playlist) -> None:
+    async def _play_item(self, session: SessionInbox, playlist: _Playlist) -> None:
         item = playlist.items[playlist.index]
         command = f'{item.command} "{ESCAPE_KEYS}"'
         if item.resumable and playlist.offset:
@@ -270,7 +275,7 @@ class AgiCallPort:
             self._next_item(playlist)
             return
         session.deliver_digit(key)
-        await self._settle()
+        await session.drained()
         if self._playlist is playlist and not playlist.stopped:
             # The session ignored the key: go on from where the key stopped the file.
             if item.resumable and reply.endpos:
@@ -283,7 +288,7 @@ class AgiCallPort:
         playlist.index += 1
         playlist.offset = 0
 
-    async def _poll(self, session: CallSession) -> None:
+    async def _poll(self, session: SessionInbox) -> None:
         poll_ms = self._poll_length_ms(session)
         reply = await self._request.command(
             f"WAIT FOR DIGIT {poll_ms}", within=poll_ms / 1000 + self._command_timeout
@@ -298,12 +303,12 @@ class AgiCallPort:
         key = _key(result) if result else None
         if key is not None:
             session.deliver_digit(key)
-        await self._settle()  # the key, or the timer that ended the poll, takes effect
+        await session.drained()  # the key, or the timer that ended the poll, takes effect
 
-    def _poll_length_ms(self, session: CallSession) -> int:
+    def _poll_length_ms(self, session: SessionInbox) -> int:
         """Until just after the session's next timer is due, within the bounds."""
         longest = self._poll_ms
-        due = next_timer_at(session)
+        due = session.next_timer_at()
         if due is not None:
             until = (due - asyncio.get_running_loop().time()) * 1000 + TIMER_MARGIN_MS
             longest = min(longest, math.ceil(until))
@@ -319,28 +324,6 @@ class AgiCallPort:
     def _raise_if_hung_up(self) -> None:
         if self._request.hung_up:
             raise AgiChannelGone("Asterisk reported HANGUP")
-
-    @staticmethod
-    async def _settle() -> None:
-        """Let the session act on what was just delivered before the next command starts."""
-        for _ in range(SETTLE_STEPS):
-            await asyncio.sleep(0)
-
-
-def next_timer_at(session: CallSession) -> float | None:
-    """Loop time at which the session's earliest timer is due, or None.
-
-    Uses ``CallSession.next_timer_at()`` when it exists; until then, the session's timer
-    handles (the one place this module reads a private attribute of the call task).
-    """
-    public = getattr(session, "next_timer_at", None)
-    if callable(public):
-        due = public()
-        return float(due) if due is not None else None
-    handles = getattr(session, "_timers", None)
-    if not isinstance(handles, dict) or not handles:
-        return None
-    return min(float(handle.when()) for handle in handles.values())
 
 
 def _key(result: int) -> str | None:

@@ -2,9 +2,9 @@
 
 Each connection to ``/collect`` is one entry: the query string (and any further ``AGI()``
 arguments, Stasis-style) are the entry's parameters with the same names, validation and errors
-as ``Stasis(digits,…)``; the same :class:`~ari_app.call.CallSession` runs the same engine and
-stores the same row (transport ``agi``); before the AGI ends the channel gets the same
-``DIGITS*`` variables, so the dialplan continues exactly as after ``Stasis()``.
+as ``Stasis(digits,…)``; the same session runner (:mod:`ari_app.session`) runs the same engine,
+stores the same row (transport ``agi``) and, before the AGI ends, sets the same ``DIGITS*``
+variables, so the dialplan continues exactly as after ``Stasis()``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -31,20 +31,21 @@ from ari_app.agi.port import (
     AgiCallPort,
     agi_quote,
 )
-from ari_app.call import CallInfo, CallSession, EntryStore
-from ari_app.logcontext import enter_call
 from ari_app.metrics import Metrics
+from ari_app.params import has_control_character
+from ari_app.ports import CallInfo, EntryStore, SessionInbox
+from ari_app.session import SHUTDOWN_GRACE, Sessions, handback_variables
 from ari_app.tts import TextPrompts
+from ari_app.vocabulary import Status
 
 log = logging.getLogger(__name__)
 
 SCRIPT = "collect"
 DEFAULT_PORT = 4573
 MAX_CONNECTIONS = 1000
-SHUTDOWN_GRACE = 5.0
 MAX_CHANNEL_ID = 128  # the entries.channel_id column
 
-SessionHook = Callable[[CallSession], None]
+SessionHook = Callable[[SessionInbox], None]
 
 
 class AgiSettings(Protocol):
@@ -83,10 +84,6 @@ def query_arguments(query: str) -> list[str]:
     return arguments
 
 
-def _has_control_characters(texts: list[str]) -> bool:
-    return any(ord(c) < 32 or c == "\x7f" for text in texts for c in text)
-
-
 def _caller_field(value: str | None, limit: int) -> str | None:
     """Caller ID as stored: Asterisk says ``unknown`` for none; the columns are bounded."""
     if value is None:
@@ -113,10 +110,8 @@ class AgiServer:
         metrics: Metrics | None = None,
         prompts: TextPrompts | None = None,
     ) -> None:
-        self._store = store
         self._prompts = prompts
         self._metrics = metrics if metrics is not None else Metrics()
-        self._hash_key = hash_key
         self._on_session = on_session
         self._poll_interval = poll_interval
         self._command_timeout = command_timeout
@@ -129,15 +124,18 @@ class AgiServer:
         )
         self.app.add_route(SCRIPT, self._collect)
         self.address: tuple[str, int] | None = None
-        self.sessions: dict[int, CallSession] = {}
+        self.runner = Sessions(store, hash_key=hash_key, metrics=self._metrics)
         self.connections_accepted = 0
         self.connections_refused = 0  # over max_connections
         self.entries = 0
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+
+    @property
+    def sessions(self) -> Mapping[str, SessionInbox]:
+        """Entries in progress, by connection number."""
+        return self.runner.running
 
     @property
     def probes(self) -> int:
@@ -195,7 +193,7 @@ class AgiServer:
             needs_answer=True,  # AGI does not say; ANSWER on an answered channel does nothing
         )
         arguments = query_arguments(request.query) + request.arguments
-        if _has_control_characters(arguments):
+        if any(has_control_character(argument) for argument in arguments):
             log.warning(
                 "channel %s: the AGI query or arguments contain a line break or control "
                 "character; parameters are checked as given",
@@ -209,12 +207,13 @@ class AgiServer:
             playback_timeout=self._playback_timeout,
             prompts=self._prompts,
         )
-        session = CallSession(
-            info, arguments, port, self._store, hash_key=self._hash_key, metrics=self._metrics
-        )
-        # This connection's task is the call's task: from here on (the poller and the speech
-        # tap it starts included) every log line carries the call.
-        enter_call(session.log_context)
+        key = str(next(self._numbers))
+        session = self.runner.open(key, info, arguments, port)
+        self.entries += 1
+        # This connection's task becomes the call's task.
+        await self.runner.run(key, session, self._set_up, driver=port.drive)
+
+    def _set_up(self, session: SessionInbox) -> None:
         if self._prompts is not None:  # rendered while the call is answered
             self._prompts.prepare(session.params)
         params = session.params
@@ -222,39 +221,18 @@ class AgiServer:
             log.warning(
                 "channel %s: input=speech over FastAGI without the speech path: "
                 "nothing can be heard",
-                channel_id,
+                session.info.channel_id,
             )
         if self._on_session is not None:
             try:
                 self._on_session(session)
             except Exception:
-                log.exception("channel %s: the session hook failed", channel_id)
-        number = next(self._numbers)
-        self.sessions[number] = session
-        self.entries += 1
-        self._idle.clear()
-        driver = asyncio.create_task(port.drive(session), name=f"agi-{channel_id}")
-        try:
-            await session.run()
-        except Exception:
-            log.exception("channel %s: the call task failed", channel_id)
-        finally:
-            driver.cancel()
-            await asyncio.gather(driver, return_exceptions=True)
-            del self.sessions[number]
-            if not self.sessions:
-                self._idle.set()
+                log.exception("channel %s: the session hook failed", session.info.channel_id)
 
     async def _unknown_script(self, request: AgiRequest) -> None:
         """Tell the dialplan, like a bad parameter would; nothing is stored."""
         error = f"unknown FastAGI script {request.script[:40]!r} (use agi://host:port/{SCRIPT})"
-        variables = {
-            "DIGITS": "",
-            "DIGITS_STATUS": "error",
-            "DIGITS_CONFIRMED": "not_asked",
-            "DIGITS_ID": "",
-            "DIGITS_ERROR": error,
-        }
+        variables = handback_variables(Status.ERROR, error=error)
         try:
             for name, value in variables.items():
                 await request.command(
@@ -265,17 +243,14 @@ class AgiServer:
 
     async def wait_idle(self, within: float) -> None:
         """Wait until no entry is in progress (every result stored)."""
-        async with asyncio.timeout(within):
-            await self._idle.wait()
+        await self.runner.wait_idle(within)
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting; running entries end as interrupted and go back to the dialplan."""
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions.values()):
-            session.deliver_connection_lost()
-        if self._connections:
-            await asyncio.wait(set(self._connections), timeout=grace)
+        await self.runner.close(grace)
+        # What is left: connections that never became entries (an environment still coming).
         for task in list(self._connections):
             task.cancel()
         if self._connections:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,10 +25,23 @@ from ari_app.ari.events import (
     parse_event,
 )
 from ari_app.ari.speech import AriSpeechTap
-from ari_app.call import CallInfo, CallSession, EntryStore, TransportError
-from ari_app.logcontext import enter_call
+from ari_app.media import (
+    Characters,
+    Digits,
+    MediaItem,
+    Number,
+    OtherMedia,
+    Sound,
+    TextPrompt,
+    Url,
+    key_sounds,
+    shown,
+)
 from ari_app.metrics import Metrics
+from ari_app.ports import CallInfo, CallPort, EntryStore, SessionInbox, TransportError
+from ari_app.session import Sessions
 from ari_app.settings import Settings
+from ari_app.speech.listener import SpeechListener
 from ari_app.speech.recognizer import DigitRecognizer
 from ari_app.speech.rtp import RtpReceiver
 from ari_app.tts import TextPrompts, text_prompts
@@ -52,24 +64,31 @@ def default_client(settings: Settings) -> AriClient:
     )
 
 
-_SAID_KEYS = {"*": "star", "#": "pound"}
+def ari_media(media: Sequence[MediaItem], *, label: str = "-") -> list[str]:
+    """Typed media items as the media URIs of one ARI playback.
 
-
-def interruptible_media(media: Sequence[str]) -> list[str]:
-    """Spell ``digits:123`` as the stock ``digits/N`` sound files.
-
-    Asterisk plays ``digits:`` through its say API, which a playback stop cannot interrupt: a
-    caller's confirmation key would wait for the whole read-back, and so would every ARI call on
-    the channel. Sound files stop at once.
+    A read-back is spelled as the stock sound files of its keys (:func:`~ari_app.media.key_sounds`):
+    Asterisk plays ``digits:`` through its say API, which a playback stop cannot interrupt.
     """
-    spelled: list[str] = []
+    uris: list[str] = []
     for item in media:
-        scheme, _, value = item.partition(":")
-        if scheme == "digits" and value and all(c.isdigit() or c in _SAID_KEYS for c in value):
-            spelled += [f"sound:digits/{_SAID_KEYS.get(c, c)}" for c in value]
-        else:
-            spelled.append(item)
-    return spelled
+        match item:
+            case Sound(name):
+                uris.append(f"sound:{name}")
+            case Url(url):
+                uris.append(f"sound:{url}")
+            case Digits(keys):
+                sounds = key_sounds(keys)
+                uris += [f"sound:{sound}" for sound in sounds] if sounds else [f"digits:{keys}"]
+            case Number(value):
+                uris.append(f"number:{value}")
+            case Characters(value):
+                uris.append(f"characters:{value}")
+            case OtherMedia(uri):
+                uris.append(uri)
+            case TextPrompt():  # TextPrompts.playable renders them all; never here
+                log.warning("channel %s: %s was not rendered; skipped", label, shown(item)[:80])
+    return uris
 
 
 class AriCallPort:
@@ -88,9 +107,10 @@ class AriCallPort:
     async def answer(self) -> None:
         await self._client().answer(self._channel_id)
 
-    async def play(self, playback_id: str, media: Sequence[str]) -> None:
+    async def play(self, playback_id: str, media: Sequence[MediaItem]) -> None:
         playable = await self._app.prompts.playable(media, label=self._channel_id)
-        await self._client().play(self._channel_id, playback_id, interruptible_media(playable))
+        uris = ari_media(playable, label=self._channel_id)
+        await self._client().play(self._channel_id, playback_id, uris)
 
     async def stop_playback(self, playback_id: str) -> None:
         await self._client().stop_playback(playback_id)
@@ -145,7 +165,7 @@ class SpeechResources:
 
 
 class AriApplication:
-    """Keeps one ARI connection alive and runs one :class:`CallSession` task per caller."""
+    """Keeps one ARI connection alive and runs each caller's entry through the session runner."""
 
     # How long a finished entry keeps trying to hand its channel back through a reconnect.
     handback_patience = 20.0
@@ -164,15 +184,16 @@ class AriApplication:
         self.prompts = prompts or text_prompts(settings)
         self.metrics = metrics if metrics is not None else Metrics()
         self._settings = settings
-        self._store = store
         self._client_factory = client_factory
         self.client: AriClient | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
-        self.sessions: dict[str, CallSession] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.runner = Sessions(store, hash_key=settings.hash_key, metrics=self.metrics)
+
+    @property
+    def sessions(self) -> Mapping[str, SessionInbox]:
+        """Entries in progress, by channel id."""
+        return self.runner.running
 
     async def run(self) -> None:
         """Connect, listen, and reconnect with capped exponential backoff; runs until cancelled."""
@@ -224,7 +245,8 @@ class AriApplication:
         client = self.client
         if client is None:
             return
-        for channel_id, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
+            channel_id = session.info.channel_id
             try:
                 alive = await client.channel_exists(channel_id)
             except TransportError:
@@ -271,76 +293,45 @@ class AriApplication:
             transport="ari",
             needs_answer=channel.state == "Ring",
         )
-        session = CallSession(
-            info,
-            event.args,
-            AriCallPort(self, channel.id),
-            self._store,
-            hash_key=self._settings.hash_key,
-            metrics=self.metrics,
-        )
-        self.sessions[channel.id] = session
-        self._idle.clear()
-        # The call's own context, entered in a copy: this runs in the websocket reader, whose
-        # context must stay clear of any call. The speech tap's tasks inherit it.
-        context = contextvars.copy_context()
-        context.run(enter_call, session.log_context)
-        context.run(self.tap_speech, session)
-        context.run(self.prompts.prepare, session.params)  # rendered while the call is answered
-        task = asyncio.create_task(
-            self._run_session(session), name=f"call-{channel.id}", context=context
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        session = self.runner.open(channel.id, info, event.args, self.port(channel.id))
+        self.runner.start(channel.id, session, self._set_up)
 
-    def tap_speech(self, session: CallSession) -> None:
+    def port(self, channel_id: str) -> CallPort:
+        """The channel as its session sees it."""
+        return AriCallPort(self, channel_id)
+
+    def _set_up(self, session: SessionInbox) -> None:
+        self.tap_speech(session)
+        self.prompts.prepare(session.params)  # rendered while the call is answered
+
+    def tap_speech(self, session: SessionInbox) -> None:
         """Hear the caller of this entry (any channel: Stasis or FastAGI), if speech is on."""
         params = session.params
         if self._speech is None or self.client is None or params is None:
             return
         if not params.accepts_speech:
             return
+        listener = SpeechListener(
+            session,
+            self._speech.recognizer,
+            label=session.info.channel_id,
+            max_digits=params.max_digits,
+            metrics=self.metrics,
+        )
         tap = AriSpeechTap(
             self.client,
             self._speech.receiver,
-            self._speech.recognizer,
+            listener,
             channel_id=session.info.channel_id,
             advertised_host=self._speech.advertised_host,
-            max_digits=params.max_digits,
-            target=session,
-            metrics=self.metrics,
         )
         session.attach(tap)
         tap.start()
 
-    async def _run_session(self, session: CallSession) -> None:
-        try:
-            await session.run()
-        except Exception:
-            log.exception("channel %s: the call task failed", session.info.channel_id)
-        finally:
-            self.sessions.pop(session.info.channel_id, None)
-            if not self.sessions:
-                self._idle.set()
-
     async def wait_idle(self, within: float) -> None:
         """Wait until no entry is in progress (every result stored)."""
-        async with asyncio.timeout(within):
-            await self._idle.wait()
+        await self.runner.wait_idle(within)
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Let running entries end as interrupted and store their rows before exiting; cancel
-        what is still running after ``grace`` (e.g. waiting to hand a channel back through a
-        reconnect that will not come), so nothing outlives the store."""
-        for session in self.sessions.values():
-            session.deliver_connection_lost()
-        if not self._tasks:
-            return
-        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
-        if late:
-            log.warning(
-                "shutdown: cancelling %d call tasks still running after %.0f s", len(late), grace
-            )
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        """Let running entries end as interrupted and store their rows before exiting."""
+        await self.runner.close(grace)

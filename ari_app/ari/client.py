@@ -31,7 +31,7 @@ from aioari.client import Client as AioariClient
 from aiohttp import web_exceptions
 from aioswagger11.http_client import AsynchronousHttpClient, BasicAuthenticator
 
-from ari_app.call import ChannelGone, TransportError
+from ari_app.ports import ChannelGone, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ async def wait_until_subscribed(listening: asyncio.Task[None], opened: asyncio.E
         raise AriUnavailable("the event websocket closed at once")
 
 
+def basic_authorization(user: str, password: str) -> str:
+    """The ``Authorization`` header value for ARI's Basic auth (the one place it is built)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
     """aioswagger11's client with a correct websocket handshake and request timeouts."""
 
@@ -84,7 +89,7 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
             connector=aiohttp.TCPConnector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
         )
-        self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.authorization = basic_authorization(user, password)
 
     async def ws_connect(
         self, url: str, params: Mapping[str, str] | None = None
@@ -92,7 +97,7 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
         query = urllib.parse.urlencode(params or {})
         socket: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(
             f"{url}?{query}" if query else url,
-            headers={"Authorization": self._authorization},
+            headers={"Authorization": self.authorization},
             heartbeat=HEARTBEAT_SECONDS,
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
@@ -114,10 +119,14 @@ class AriClient:
         self._client: Any = None
         self._http: _AriHttpClient | None = None
 
+    def _http_client(self) -> _AriHttpClient:
+        if self._http is None:
+            host = urllib.parse.urlsplit(self.base_url).hostname or ""
+            self._http = _AriHttpClient(host, self._user, self._password, self._max_connections)
+        return self._http
+
     async def connect(self) -> None:
-        host = urllib.parse.urlsplit(self.base_url).hostname or ""
-        self._http = _AriHttpClient(host, self._user, self._password, self._max_connections)
-        client = AioariClient(self.base_url, self._http)
+        client = AioariClient(self.base_url, self._http_client())
         try:
             await client.init()
         except web_exceptions.HTTPUnauthorized:
@@ -165,6 +174,20 @@ class AriClient:
         finally:
             await socket.close()
 
+    async def get(self, path: str, *, within: float) -> tuple[int, Any]:
+        """``GET /ari/<path>`` as it is: the status, and the JSON body (None when there is
+        none). Needs no :meth:`connect`; raises aiohttp's errors, TimeoutError, and ValueError
+        for a body that is not JSON (the setup checks of :mod:`ari_app.doctor` tell them apart).
+        """
+        http = self._http_client()
+        async with http.session.get(
+            self.base_url + "ari/" + path,
+            headers={"Authorization": http.authorization},
+            timeout=aiohttp.ClientTimeout(total=within),
+        ) as response:
+            body = await response.json() if response.content_type == "application/json" else None
+            return response.status, body
+
     # --- REST, in telephony terms ---------------------------------------------------------
 
     async def answer(self, channel_id: str) -> None:
@@ -202,15 +225,18 @@ class AriClient:
             app=self.app,
         )
 
-    async def external_media(self, channel_id: str, rtp_destination: str) -> tuple[str, int]:
-        """An externalMedia channel sending slin16 RTP to us; returns where Asterisk sends from."""
+    async def external_media(
+        self, channel_id: str, rtp_destination: str, *, audio_format: str = "slin16"
+    ) -> tuple[str, int]:
+        """An externalMedia channel exchanging RTP with ``rtp_destination`` (slin16: what the
+        recogniser hears); returns the address Asterisk sends from and listens on."""
         channel = await self._call(
             "channels",
             "externalMedia",
             channelId=channel_id,
             app=self.app,
             external_host=rtp_destination,
-            format="slin16",
+            format=audio_format,
             encapsulation="rtp",
             transport="udp",
             connection_type="client",

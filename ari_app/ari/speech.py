@@ -1,24 +1,34 @@
 """The caller's voice, tapped through ARI: snoop → externalMedia → our RTP receiver.
 
-Per entry: a snoop channel hearing the caller (``spy=in``), an externalMedia channel sending
+Per tap: a snoop channel hearing the caller (``spy=in``), an externalMedia channel sending
 slin16 RTP to our shared receiver, and a mixing bridge joining them. A snoop does not need the
 caller's channel to be in Stasis, so the FastAGI path can use the same tap. Everything is torn
-down when the entry ends, whatever the reason.
+down on :meth:`AriSpeechTap.close`, whatever the reason. What hears the audio is the tap's
+:class:`AudioSink`: an entry's :class:`~ari_app.speech.listener.SpeechListener`, or the setup
+check's tone counter (:mod:`ari_app.doctor.rtp_probe`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from ari_app.ari.client import AriClient
-from ari_app.call import ChannelGone, TransportError
-from ari_app.metrics import Metrics
-from ari_app.speech.listener import SpeechListener, SpeechTarget
-from ari_app.speech.recognizer import DigitRecognizer
-from ari_app.speech.rtp import RtpReceiver
+from ari_app.ports import ChannelGone, TransportError
+from ari_app.speech.rtp import RtpPacket, RtpReceiver
 
 log = logging.getLogger(__name__)
+
+
+class AudioSink(Protocol):
+    def on_packet(self, packet: RtpPacket) -> None:
+        """One packet from the tap, on the event loop: must be quick."""
+        ...
+
+    async def close(self) -> None:
+        """The tap is closing: nothing more arrives."""
+        ...
 
 
 class AriSpeechTap:
@@ -26,46 +36,43 @@ class AriSpeechTap:
         self,
         client: AriClient,
         receiver: RtpReceiver,
-        recognizer: DigitRecognizer,
+        sink: AudioSink,
         *,
         channel_id: str,
         advertised_host: str,
-        max_digits: int,
-        target: SpeechTarget,
-        metrics: Metrics,
     ) -> None:
         self._client = client
         self._receiver = receiver
+        self._sink = sink
         self._channel_id = channel_id
-        self._advertised_host = advertised_host
         self.snoop_id = f"{channel_id}-snoop"
         self.media_id = f"{channel_id}-media"
         self.bridge_id = f"{channel_id}-speech"
-        self._source: tuple[str, int] | None = None
-        self._listener = SpeechListener(
-            target, recognizer, label=channel_id, max_digits=max_digits, metrics=metrics
-        )
+        # Where Asterisk sends the tapped audio to (this host as Asterisk reaches it).
+        self.destination = f"{advertised_host}:{receiver.address[1]}"
+        self.source: tuple[str, int] | None = None  # where it sends from, once open
         self._closed = False
         self._opening: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Begin opening the tap alongside the prompt; :meth:`close` waits for it."""
-        self._opening = asyncio.create_task(self._open(), name=f"tap-{self._channel_id}")
+        self._opening = asyncio.create_task(self._open_for_entry(), name=f"tap-{self._channel_id}")
 
-    async def _open(self) -> None:
+    async def _open_for_entry(self) -> None:
         try:
-            port = self._receiver.address[1]
-            await self._client.snoop(self._channel_id, self.snoop_id)
-            source = await self._client.external_media(
-                self.media_id, f"{self._advertised_host}:{port}"
-            )
-            # Register before bridging so the very first packets are heard.
-            self._receiver.register(source, self._listener.on_packet)
-            self._source = source
-            await self._client.create_mixing_bridge(self.bridge_id, [self.snoop_id, self.media_id])
+            await self.open()
         except (ChannelGone, TransportError) as exc:
             # The entry goes on with keys only.
             log.warning("channel %s: speech is unavailable: %s", self._channel_id, exc)
+
+    async def open(self) -> None:
+        """Snoop, externalMedia, bridge; raises ChannelGone or TransportError."""
+        await self._client.snoop(self._channel_id, self.snoop_id)
+        source = await self._client.external_media(self.media_id, self.destination)
+        # Register before bridging so the very first packets are heard.
+        self._receiver.register(source, self._sink.on_packet)
+        self.source = source
+        await self._client.create_mixing_bridge(self.bridge_id, [self.snoop_id, self.media_id])
 
     async def close(self) -> None:
         if self._closed:
@@ -73,10 +80,10 @@ class AriSpeechTap:
         self._closed = True
         if self._opening is not None:
             await self._opening
-        if self._source is not None:
-            # With the sink: never unregister a newer entry Asterisk gave the same port to.
-            self._receiver.unregister(self._source, self._listener.on_packet)
-        await self._listener.close()
+        if self.source is not None:
+            # With the sink: never unregister a newer tap Asterisk gave the same port to.
+            self._receiver.unregister(self.source, self._sink.on_packet)
+        await self._sink.close()
         for teardown in (
             self._client.destroy_bridge(self.bridge_id),
             self._client.hangup_quietly(self.media_id),

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ari_app.metrics import Metrics, discarded_metrics
+from ari_app.ports import SpeechTarget
 from ari_app.speech.recognizer import Recognition, Vocabulary
 from ari_app.speech.rtp import AudioAssembler, RtpPacket
 from ari_app.speech.vad import SpeechDropped, SpeechStarted, Utterance, UtteranceSegmenter
@@ -36,30 +37,6 @@ class Recognizer(Protocol):
         vocabulary: Vocabulary = "digits",
         expected_digits: int | None = None,
     ) -> Recognition: ...
-
-
-class SpeechTarget(Protocol):
-    @property
-    def expects_answer(self) -> bool:
-        """A yes/no to a read-back is expected, rather than digits."""
-        ...
-
-    @property
-    def digits_missing(self) -> int | None:
-        """Digits the entry still needs when their count is exact, else None."""
-        ...
-
-    def deliver_speech_started(self) -> None: ...
-
-    def deliver_speech_ended(
-        self,
-        transcript: str | None,
-        digits: str = "",
-        answer: bool | None = None,
-        *,
-        confidences: tuple[float, ...] = (),
-        rejected: str | None = None,
-    ) -> None: ...
 
 
 class SpeechListener:

@@ -480,3 +480,15 @@ class AudioAssembler:
         self._sample_index += len(pcm) // 2
         self.counters["frames"] += 1
         return frame
+
+
+async def listen_for_rtp(host: str, ports: tuple[int, int]) -> RtpReceiver:
+    """The shared receiver on the first free port of ``ports`` (``(0, 0)``: any port)."""
+    first, last = ports
+    last_error: OSError | None = None
+    for port in range(first, last + 1):
+        try:
+            return await RtpReceiver.listen(host, port)
+        except OSError as exc:
+            last_error = exc
+    raise OSError(f"no free UDP port for RTP on {host} in {first}-{last}: {last_error}")

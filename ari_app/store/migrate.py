@@ -1,9 +1,9 @@
 """Run the Alembic migrations programmatically (no alembic.ini, any working directory).
 
-The migration scripts live in ``migrations/`` at the repository root (project layout),
-not inside the ``ari_app`` package, so they are found relative to this file. That works
-for the checkout and for an editable install (``pip install -e .``), which is how the
-project is run; a wheel install does not ship them and gets a clear error instead.
+The migration scripts' source is ``migrations/`` at the repository root; the wheel ships it
+inside the package as ``ari_app/migrations`` (``sources`` in pyproject.toml). Both are
+found relative to this file, so ``ari-digits migrate`` works from any directory, whether the
+package is installed from a wheel or runs from the checkout (an editable install).
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ __all__ = [
     "upgrade_to_head_async",
 ]
 
-# ari_app/store/migrate.py -> parents[2] is the repository root.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_PACKAGE = Path(__file__).resolve().parents[1]  # ari_app/
+_PACKAGED = _PACKAGE / "migrations"  # installed from the wheel
+_CHECKOUT = _PACKAGE.parent / "migrations"  # the repository's top-level source
+MIGRATIONS_DIR = _PACKAGED if (_PACKAGED / "env.py").is_file() else _CHECKOUT
 
 
 def migrations_dir() -> Path:
     """The Alembic script directory; raises RuntimeError if it is missing."""
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise RuntimeError(
-            f"Alembic migrations not found at {MIGRATIONS_DIR}: ari-digits must be run from "
-            "its source checkout (or an editable install, pip install -e .) so that the "
-            "top-level migrations/ directory is available."
+            f"Alembic migrations not found at {MIGRATIONS_DIR}: the installed package is "
+            "incomplete (a wheel ships them as ari_app/migrations; a checkout has migrations/)."
         )
     return MIGRATIONS_DIR
 

@@ -52,7 +52,7 @@ from .records import (
     TRANSPORTS,
     StoredEntry,
 )
-from .repository import _ENTRY_COLUMNS, Store, _entry_from_row
+from .repository import Store
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -290,17 +290,11 @@ async def list_entries(
         # "started_at <= :at" as an index condition on every (x, started_at) index.
         conditions.append(_E.started_at <= at)
         conditions.append(or_(_E.started_at < at, and_(_E.started_at == at, _E.id < after.id)))
-    stmt = (
-        select(*_ENTRY_COLUMNS)
-        .where(*conditions)
-        .order_by(_E.started_at.desc(), _E.id.desc())
-        .limit(limit + 1)
-    )
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).mappings().all()
-    entries = [_entry_from_row(row) for row in rows[:limit]]
+    # One more than the page: whether there is a next page.
+    found = await store.newest_entries(conditions, limit + 1)
+    entries = found[:limit]
     next_cursor = None
-    if len(rows) > limit:
+    if len(found) > limit:
         last = entries[-1]
         next_cursor = Cursor(started_at=last.started_at, id=last.id).encode()
     return EntryPage(entries=entries, next_cursor=next_cursor)

@@ -13,32 +13,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from ari_app.vocabulary import STATUS_IN_PROGRESS as STATUS_IN_PROGRESS
+from ari_app.vocabulary import Confirmed, Source, Status, Transport
+
 # Entry statuses. ``in_progress`` is only ever written by ``Store.start_entry``; every
 # other status is a final outcome passed to ``Store.finish_entry``.
-STATUS_IN_PROGRESS: Final = "in_progress"
-STATUS_INTERRUPTED: Final = "interrupted"
-FINAL_STATUSES: Final[frozenset[str]] = frozenset(
-    {
-        "completed",
-        "no_input",
-        "short",
-        "invalid",
-        "rejected",
-        "unconfirmed",
-        "hangup",
-        STATUS_INTERRUPTED,
-        "error",
-    }
-)
+STATUS_INTERRUPTED: Final = Status.INTERRUPTED.value
+FINAL_STATUSES: Final[frozenset[str]] = frozenset(status.value for status in Status)
 ENTRY_STATUSES: Final[frozenset[str]] = FINAL_STATUSES | {STATUS_IN_PROGRESS}
 
-TRANSPORTS: Final[frozenset[str]] = frozenset({"ari", "agi"})
-CONFIRMED_VALUES: Final[frozenset[str]] = frozenset({"yes", "no", "unanswered", "not_asked"})
+TRANSPORTS: Final[frozenset[str]] = frozenset(transport.value for transport in Transport)
+CONFIRMED_VALUES: Final[frozenset[str]] = frozenset(answer.value for answer in Confirmed)
 # Known event kinds (documentation; the store accepts any kind up to 32 characters).
 EVENT_KINDS: Final[frozenset[str]] = frozenset(
     {"digit", "prompt", "confirmation", "attempt", "utterance", "note", "stop_key"}
 )
-EVENT_SOURCES: Final[frozenset[str]] = frozenset({"key", "voice"})
+EVENT_SOURCES: Final[frozenset[str]] = frozenset(source.value for source in Source)
 
 # ``error`` written by ``Store.mark_stale_in_progress``.
 STALE_ERROR: Final = "server restarted"

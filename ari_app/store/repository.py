@@ -587,6 +587,13 @@ class Store:
             conditions.append(_E.label == label)
         if caller_number is not None:
             conditions.append(_E.caller_number == caller_number)
+        return await self.newest_entries(conditions, limit)
+
+    async def newest_entries(
+        self, conditions: Sequence[ColumnElement[bool]], limit: int
+    ) -> list[StoredEntry]:
+        """Up to ``limit`` entries matching every condition, newest first (by started_at, then
+        id), without their events: the one listing query (``queries.list_entries`` pages it)."""
         stmt = (
             select(*_ENTRY_COLUMNS)
             .where(*conditions)

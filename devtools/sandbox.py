@@ -8,10 +8,12 @@ configuration from a directory of ``*.conf`` files (the repository's ``asterisk_
 It needs root (``chroot``, ``mount``) and network access to a Debian mirror for the first
 build only. Standard library only, so it runs before the project's dependencies exist::
 
-    python -m ari_app.sandbox build     # debootstrap + apt, or restore the cached tarball
-    python -m ari_app.sandbox start     # configure, start, wait for ARI
-    python -m ari_app.sandbox cli "core show channels"
-    python -m ari_app.sandbox stop
+    scripts/sandbox build     # debootstrap + apt, or restore the cached tarball
+    scripts/sandbox start     # configure, start, wait for ARI
+    scripts/sandbox cli "core show channels"
+    scripts/sandbox stop
+
+(``scripts/sandbox`` is ``python -m devtools.sandbox`` from the checkout.)
 
 Environment: ``ARI_DIGITS_CACHE_DIR`` (default ``~/.cache/ari-digits``) holds the tarball;
 ``ARI_DIGITS_SANDBOX_DIR`` (default ``/var/tmp/ari-digits-sandbox``) holds the unpacked
@@ -69,7 +71,7 @@ _CHROOT_ENV = {
 
 # Pitfall 1: the mirror can serve an expired sid Release file.
 _APT_CONF = """\
-// Written by ari_app.sandbox.
+// Written by devtools.sandbox.
 Acquire::Check-Valid-Until "false";
 Acquire::Check-Date "false";
 APT::Install-Recommends "false";
@@ -79,7 +81,7 @@ Acquire::Languages "none";
 
 # Keep documentation, manual pages and translations out of the chroot (smaller tarball).
 _DPKG_EXCLUDES = """\
-# Written by ari_app.sandbox.
+# Written by devtools.sandbox.
 path-exclude=/usr/share/doc/*
 path-include=/usr/share/doc/*/copyright
 path-exclude=/usr/share/man/*
@@ -91,7 +93,7 @@ path-exclude=/usr/share/lintian/*
 
 # Pitfall 2: maintainer scripts must not start daemons inside the chroot.
 _POLICY_RC_D = (
-    "#!/bin/sh\n# Written by ari_app.sandbox: never start services in this chroot.\nexit 101\n"
+    "#!/bin/sh\n# Written by devtools.sandbox: never start services in this chroot.\nexit 101\n"
 )
 
 # Pitfall 6: Asterisk logs ERRORs at boot when these core configuration files are missing.
@@ -182,7 +184,7 @@ def default_state_dir() -> Path:
 
 
 def default_conf_dir() -> Path:
-    """The repository's ``asterisk_conf/`` (next to the ``ari_app`` package)."""
+    """The repository's ``asterisk_conf/`` (next to the ``devtools`` package)."""
     return Path(__file__).resolve().parent.parent / "asterisk_conf"
 
 
@@ -923,12 +925,12 @@ class AsteriskSandbox:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ari_app.sandbox build|start|stop|restart|reload|status|cli "<command>"``.
+    """``python -m devtools.sandbox build|start|stop|restart|reload|status|cli "<command>"``.
 
     Exit status: 0 on success, 1 on an error, 3 for ``status`` when Asterisk is stopped.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m ari_app.sandbox", description="A real Asterisk 22 in a Debian sid chroot."
+        prog="scripts/sandbox", description="A real Asterisk 22 in a Debian sid chroot."
     )
     parser.add_argument(
         "--conf-dir",

@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ari_app.store.records import EntryOutcome, EntryStart
-
 DEAD = "511 Command Not Permitted on a dead channel or intercept routine"
 
 _ids = itertools.count(1)
@@ -70,29 +68,6 @@ def environment(
     for name in omit:
         values.pop(name, None)
     return "".join(f"{name}: {value}\n" for name, value in values.items()).encode() + b"\n"
-
-
-class MemoryStore:
-    """An :class:`~ari_app.call.EntryStore` in memory."""
-
-    def __init__(self) -> None:
-        self.starts: dict[int, EntryStart] = {}
-        self.outcomes: dict[int, EntryOutcome] = {}
-        self._ids = itertools.count(1)
-
-    async def start_entry(self, start: EntryStart) -> int:
-        entry_id = next(self._ids)
-        self.starts[entry_id] = start
-        return entry_id
-
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
-        self.outcomes[entry_id] = outcome
-
-    def by_channel(self, channel_id: str) -> tuple[EntryStart, EntryOutcome | None]:
-        for entry_id, start in self.starts.items():
-            if start.channel_id == channel_id:
-                return start, self.outcomes.get(entry_id)
-        raise KeyError(channel_id)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``ari-digits demo``: the whole product on this machine in about a minute.
+"""``scripts/demo``: the whole product on this machine in about a minute.
 
 Starts the Asterisk sandbox, runs the Stasis application on SQLite, places four simulated
 callers (a keyed 10-digit number with read-back confirmation, a short entry, a spoken number, a
@@ -7,17 +7,20 @@ hangup) and prints the rows they left in the database.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from ari_app.cli_results import format_entries_table
-from ari_app.sandbox import AsteriskSandbox, SandboxError, default_conf_dir
-from ari_app.server import running_service
-from ari_app.settings import Settings
-from ari_app.simulate import SimulatedCallers, synthesize_caller_speech
+from ari_app.server import configure_logging, running_service
+from ari_app.settings import Settings, SettingsError
 from ari_app.store.repository import Store
+from devtools.sandbox import AsteriskSandbox, SandboxError, default_conf_dir
+from devtools.simulate import SimulatedCallers, synthesize_caller_speech
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,27 @@ async def run_demo(settings: Settings, *, database_url: str, keep: bool) -> int:
         if not keep:
             await asyncio.to_thread(sandbox.stop)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m devtools.demo [--database-url URL] [--keep-asterisk]``; settings from the
+    environment, as ``ari-digits serve`` reads them."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/demo",
+        description="start the Asterisk sandbox and the app, place simulated calls, print rows",
+    )
+    parser.add_argument("--database-url", help="default: SQLite file var/demo.sqlite3")
+    parser.add_argument("--keep-asterisk", action="store_true", help="leave the sandbox running")
+    arguments = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    database_url = arguments.database_url or default_demo_database()
+    return asyncio.run(run_demo(settings, database_url=database_url, keep=arguments.keep_asterisk))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
