@@ -803,7 +803,7 @@ def main() -> int:
     human = HumanDigits(args.human_dir) if args.human_dir else None
     sandbox = AsteriskSandbox(default_conf_dir())
     if not sandbox.is_running():
-        raise SystemExit("the Asterisk sandbox is not running: .venv/bin/ari-digits sandbox start")
+        raise SystemExit("the Asterisk sandbox is not running: scripts/sandbox start")
 
     with contextlib.ExitStack() as stack:
         if args.keep:
