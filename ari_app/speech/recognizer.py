@@ -29,8 +29,9 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
    mostly one of a run ("five five five" written "55"), and the hypothesis that keeps it is
    usually in the 5-best (else in a second search with twice the beam, only then). Likewise a
    transcript with too many digits gives way to one that only *drops* some ("3 3" for "three").
-   A digit the transcript has is never changed this way, and a transcript off by more than a
-   quarter of the count is left alone (see :func:`fit_count`).
+   A digit the transcript has is never changed this way, a transcript off by more than a
+   quarter of the count is left alone (see :func:`fit_count`), and in a turn with words around
+   the digits none is added (there half the added digits were wrong).
 4. **Pause check and per-segment fallback.** Whisper's errors on digit strings are mostly
    *dropped* digits, and sometimes a repetition loop. The utterance is cut at pauses
    (``min_pause_ms``; energy above both the utterance's noise floor + 6 dB and its peak - 25 dB).
@@ -1067,11 +1068,13 @@ class DigitRecognizer:
                 digits = words_to_digits(text).digits
         # Digits are added only where some were said without a pause between them (a run may
         # have merged): a transcript with a digit for each pause-separated stretch of speech
-        # dropped none, and the digits still missing come in another utterance.
+        # dropped none, and the digits still missing come in another utterance. Never in a
+        # turn with words around the digits: there the added digit was as often wrong as right
+        # (4 of 8 on the mixed corpus), and a short entry is a retry, a wrong one is not.
         if (
             vocabulary == "digits"
             and expected_digits is not None
-            and (len(digits) > expected_digits or len(digits) > len(spans))
+            and (len(digits) > expected_digits or (not mixed and len(digits) > len(spans)))
         ):
             text, digits = fit_count(text, digits, nbest, expected_digits)
             if _near_miss(len(digits), expected_digits):  # a wider search, only then
