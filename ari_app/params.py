@@ -169,6 +169,9 @@ def parse_params(values: Mapping[str, str]) -> Params:
     unknown = sorted(set(values) - _KNOWN)
     if unknown:
         raise ParamError(f"unknown parameter {_shorten(unknown[0])!r}")
+    for name, value in values.items():
+        if not _is_text(value):
+            raise ParamError(f"{name} is not valid Unicode text (it holds a lone surrogate)")
     get = values.get
 
     num_digits = _int(values, "num_digits", 1, MAX_DIGITS_LIMIT) if "num_digits" in values else None
@@ -256,6 +259,16 @@ _KNOWN = frozenset(
         "input",
     }
 )
+
+
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's "\\ud800" escape decodes to a lone surrogate, which RE2, the
+    text engine and the database would each fail on later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shorten(text: str, limit: int = 40) -> str:
