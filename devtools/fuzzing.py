@@ -38,7 +38,7 @@ from ari_app.engine import DigitCollector, Finish, Start
 from ari_app.media import MediaItem
 from ari_app.ports import CallPort
 from ari_app.settings import Settings
-from ari_app.speech.rtp import AudioAssembler, RtpPacket, RtpReceiver
+from ari_app.speech.rtp import RTP_ERROR_REASONS, AudioAssembler, RtpPacket, RtpReceiver
 from ari_app.vocabulary import Status
 from devtools.fake_asterisk import environment
 from devtools.memory_store import MemoryStore
@@ -436,8 +436,10 @@ async def fuzz_rtp(count: int, seed: int) -> FuzzReport:
         for transport in senders:
             transport.close()
         receiver.close()
-    for key in ("accepted", "unknown_source", "sink_error", "short", "version", "payload_type"):
+    for key in ("accepted", "unknown_source", "sink_error"):
         report.count(key, receiver.counters[key])
+    report.count("malformed", sum(receiver.counters[key] for key in RTP_ERROR_REASONS))
+    report.count("received", sum(receiver.counters.values()) - receiver.counters["socket_error"])
     report.count("frames", frames)
     if receiver.counters["sink_error"]:
         report.crash(f"the assembler raised {receiver.counters['sink_error']} times")
