@@ -13,7 +13,9 @@ import pytest
 from ari_app import cli
 from ari_app.doctor.report import Status
 from ari_app.doctor.security import (
+    SAMPLE_API_TOKEN,
     SAMPLE_ARI_PASSWORD,
+    SAMPLE_HASH_KEY,
     check_api_token,
     check_api_transport,
     check_ari_password,
@@ -102,6 +104,8 @@ def test_the_doctor_reports_the_hash_key(tmp_path: Path) -> None:
     path.write_text("")
     assert check_hash_key(settings).status is Status.FAIL
     assert "DIGITS_HASH_KEY" in check_hash_key(replace(settings, hash_key="x")).detail
+    placeholder = check_hash_key(replace(settings, hash_key=SAMPLE_HASH_KEY))
+    assert placeholder.status is Status.WARN
 
 
 def test_the_doctor_warns_on_the_sample_or_an_empty_ari_password() -> None:
@@ -136,6 +140,7 @@ def test_the_doctor_warns_on_the_api_beyond_loopback(host: str, status: Status) 
 def test_the_doctor_warns_on_an_api_without_a_token_or_with_a_short_one() -> None:
     assert check_api_token(Settings(api_token="")).status is Status.WARN
     assert check_api_token(Settings(api_token="s3cret")).status is Status.WARN
+    assert check_api_token(Settings(api_token=SAMPLE_API_TOKEN)).status is Status.WARN
     assert check_api_token(Settings(api_token="x" * 32)).status is Status.PASS
 
 

@@ -18,6 +18,9 @@ from ari_app.settings import Settings
 
 # asterisk_conf/ari.conf and docker-compose.yml ship with this password.
 SAMPLE_ARI_PASSWORD = "ari-digits-secret"
+# docker-compose.yml's placeholder: as public as no key at all.
+SAMPLE_HASH_KEY = "change-me-to-a-long-random-secret"
+SAMPLE_API_TOKEN = "change-me-to-a-long-random-token"
 # Shorter API tokens fall to guessing over the network.
 MIN_TOKEN_LENGTH = 16
 
@@ -44,6 +47,13 @@ def is_loopback(host: str) -> bool:
 
 def check_hash_key(settings: Settings) -> CheckResult:
     name = "hash-key"
+    if settings.hash_key == SAMPLE_HASH_KEY:
+        return CheckResult(
+            name,
+            Status.WARN,
+            "DIGITS_HASH_KEY is docker-compose.yml's placeholder",
+            "set a long random secret (e.g. openssl rand -hex 32)",
+        )
     if settings.hash_key:
         return CheckResult(name, Status.PASS, "sensitive entries are hashed with DIGITS_HASH_KEY")
     path = Path(settings.hash_key_file)
@@ -125,6 +135,13 @@ def check_api_token(settings: Settings) -> CheckResult:
             Status.WARN,
             "API_TOKEN is not set: the operators' API (/api) is off",
             "set API_TOKEN to a long random secret to use it",
+        )
+    if settings.api_token == SAMPLE_API_TOKEN:
+        return CheckResult(
+            name,
+            Status.WARN,
+            "API_TOKEN is docker-compose.yml's placeholder",
+            "use a long random secret (e.g. openssl rand -hex 32)",
         )
     if len(settings.api_token) < MIN_TOKEN_LENGTH:
         return CheckResult(
