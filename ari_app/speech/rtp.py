@@ -148,8 +148,9 @@ class RtpReceiver(asyncio.DatagramProtocol):
 
     Datagrams from an unregistered source are counted (``unknown_source``) and dropped, with at
     most one warning per source per minute. Malformed packets are counted under their
-    :class:`RtpError` reason and warned about at most once per source per minute. A sink that raises is counted (``sink_error``) and logged once per
-    source; the receiver keeps going. Nothing raises out of :meth:`datagram_received`.
+    :class:`RtpError` reason, with at most one warning per source per minute too. A sink that
+    raises is counted (``sink_error``) and logged once per source; the receiver keeps going.
+    Nothing raises out of :meth:`datagram_received`.
 
     Sinks run on the event loop for every packet (50 per second per entry): they must be quick
     (an :class:`AudioAssembler` plus the VAD is, at a few tens of microseconds per packet).
