@@ -7,7 +7,9 @@ Each runs generated input through the real code path and returns a :class:`FuzzR
   ``parse_params`` and ``DigitCollector.from_arguments``; every case either parses or ends as an
   ``error`` entry with a message.
 - ``ari_events``: ARI event dicts (missing fields, wrong types, unknown channels, reordered,
-  duplicated) through :meth:`AriApplication.dispatch` and the session runner, with a no-op port.
+  duplicated), a fifth as websocket text (some cut short or too deeply nested) through the
+  client's decoding, then through :meth:`AriApplication.dispatch` and the session runner, with
+  a no-op port.
 - ``rtp``: junk and valid datagrams over real UDP on 127.0.0.1, from the registered source and
   from others, through :class:`RtpReceiver` into an :class:`AudioAssembler`.
 - ``fastagi``: garbage sessions (random bytes, truncated environments, bad fields, garbage
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import struct
@@ -33,6 +36,7 @@ from typing import Any
 from ari_app.agi import AgiConfig, running_agi_server
 from ari_app.agi.server import query_arguments
 from ari_app.ari.app import AriApplication
+from ari_app.ari.client import decode_event
 from ari_app.ari.events import MalformedEvent, parse_event
 from ari_app.engine import DigitCollector, Finish, Start
 from ari_app.media import MediaItem
@@ -335,6 +339,20 @@ def ari_event_stream(rng: random.Random, count: int, channels: int = 8) -> Itera
         yield event
 
 
+def websocket_text(rng: random.Random, event: dict[str, Any]) -> str:
+    """``event`` as JSON text, or broken: cut short, too deeply nested, not an object."""
+    text = json.dumps(event)
+    roll = rng.random()
+    if roll < 0.6:
+        return text
+    if roll < 0.75:
+        return text[: rng.randrange(len(text))]
+    if roll < 0.85:
+        depth = rng.choice([10, 1000, 100_000])
+        return '{"type": "StasisStart", "args": ' + "[" * depth + "]" * depth + "}"
+    return rng.choice(['"StasisStart"', "[]", "null", "1e999", '{"type": 1}', "\ud800"])
+
+
 async def fuzz_ari_events(count: int, seed: int) -> FuzzReport:
     rng = random.Random(seed)
     report = FuzzReport("ari-events")
@@ -342,7 +360,21 @@ async def fuzz_ari_events(count: int, seed: int) -> FuzzReport:
     app = FuzzedAriApp(store)
     with watching_logs() as watch, loop_errors(report):
         sent = 0
-        for event in ari_event_stream(rng, count):
+        for generated in ari_event_stream(rng, count):
+            # A fifth arrive as websocket text, through the client's decoding (some broken).
+            if rng.random() < 0.2:
+                report.cases += 1
+                try:
+                    decoded = decode_event(websocket_text(rng, generated))
+                except Exception as exc:
+                    report.crash(f"decode_event: {exc!r}")
+                    continue
+                _settle(report, watch, "websocket text")
+                if decoded is None:
+                    report.count("undecodable")
+                    continue
+                generated = decoded
+            event = generated
             # Real playback ids, so that PlaybackFinished moves entries on.
             if event.get("type") == "PlaybackFinished" and app.playbacks and rng.random() < 0.8:
                 channel_id, playback_id = rng.choice(app.playbacks)

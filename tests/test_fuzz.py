@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ari_app.ari.app import AriApplication
+from ari_app.ari.client import decode_event
 from ari_app.ari.events import (
     MAX_ASTERISK_ID,
     MAX_CALLER_NUMBER,
@@ -123,3 +124,13 @@ async def test_malformed_rtp_from_a_registered_source_is_logged_once_a_minute(
     warnings = [r for r in caplog.records if "malformed RTP" in r.getMessage()]
     assert len(warnings) == 1
     assert "127.0.0.1:5000 (version" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{", "[]", '{"type": 5}'])
+def test_a_websocket_message_that_is_no_event_is_dropped_with_a_log_line(
+    text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Deep nesting raised RecursionError out of the reader: the connection dropped and every
+    # call in progress waited for the reconnect.
+    assert decode_event(text) is None
+    assert "dropped an ARI message" in caplog.text
