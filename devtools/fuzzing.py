@@ -363,15 +363,16 @@ async def fuzz_ari_events(count: int, seed: int) -> FuzzReport:
         for generated in ari_event_stream(rng, count):
             # A fifth arrive as websocket text, through the client's decoding (some broken).
             if rng.random() < 0.2:
-                report.cases += 1
                 try:
                     decoded = decode_event(websocket_text(rng, generated))
                 except Exception as exc:
+                    report.cases += 1
                     report.crash(f"decode_event: {exc!r}")
                     continue
-                _settle(report, watch, "websocket text")
                 if decoded is None:
+                    report.cases += 1
                     report.count("undecodable")
+                    _settle(report, watch, "websocket text")
                     continue
                 generated = decoded
             event = generated
