@@ -56,7 +56,6 @@ def main() -> int:
     # The product's warnings are what the fuzzers count; printing each would drown the report.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger().addHandler(logging.NullHandler())
-    logging.lastResort = None
     results = asyncio.run(run(arguments.scale, arguments.seed))
     crashes = sum(report.crashes for report, _ in results)
     print(
