@@ -51,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "serve":
         from ari_app.server import serve
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except SettingsError as exc:  # the hash key file cannot be read or written
+            print(f"ari-digits: {exc}", file=sys.stderr)
+            return 2
         return 0
     if arguments.command == "migrate":
         from ari_app.store.migrate import upgrade_to_head

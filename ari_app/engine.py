@@ -20,7 +20,6 @@ order the caller gave them ("four one five five", then # ends the entry with 415
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum, auto
@@ -31,6 +30,7 @@ from ari_app.params import (
     DTMF_KEYS,
     ParamError,
     Params,
+    compile_pattern,
     parse_params,
     split_arguments,
 )
@@ -637,7 +637,7 @@ class DigitCollector:
             return True
         if rule == "luhn":
             return luhn_valid(digits)
-        return re.fullmatch(rule, digits) is not None
+        return compile_pattern(rule).fullmatch(digits) is not None
 
     def _record_step(self, kind: str, at: float, detail: str, rejected: str | None = None) -> None:
         self._steps.append(StepRecord(kind, self._attempt, self._ms(at), detail, rejected))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from ari_app.agi import running_agi_server
 from ari_app.ari.app import AriApplication, SpeechResources
+from ari_app.hash_key import with_hash_key
 from ari_app.http import running_http_api
 from ari_app.http.media import media_routes
 from ari_app.logcontext import CONTEXT_FIELDS, CallContextFilter
@@ -127,6 +128,7 @@ async def open_speech(settings: Settings) -> SpeechResources:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM."""
+    settings = await asyncio.to_thread(with_hash_key, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

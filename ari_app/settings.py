@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///ari-digits.sqlite3"
+# Next to the default SQLite database: where serve keeps the key it generates when
+# DIGITS_HASH_KEY is unset (see ari_app.hash_key).
+DEFAULT_HASH_KEY_FILE = "ari-digits.hash-key"
 
 
 class SettingsError(ValueError):
@@ -22,6 +25,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     # Key for the HMAC of sensitive digits, so stored hashes cannot be brute-forced offline.
     hash_key: str = ""
+    hash_key_file: str = DEFAULT_HASH_KEY_FILE
     log_level: str = "INFO"
     log_json: bool = False
     reconnect_max_delay: float = 10.0
@@ -121,6 +125,7 @@ class Settings:
             ari_app=text("ARI_APP", defaults.ari_app),
             database_url=text("DATABASE_URL", defaults.database_url),
             hash_key=env.get("DIGITS_HASH_KEY", ""),
+            hash_key_file=os.path.expanduser(text("DIGITS_HASH_KEY_FILE", DEFAULT_HASH_KEY_FILE)),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
             log_json=text("LOG_FORMAT", "text").lower() == "json",
             reconnect_max_delay=reconnect,

@@ -45,6 +45,7 @@ DEFAULT_SOUNDS = {
     "digits/pound",
 }
 ARI_CHECKS = ("modules", "stasis-app", "sounds", "rtp-probe")
+SECURITY_CHECKS = ("hash-key", "ari-password", "ari-transport", "api-transport", "api-token")
 
 
 def migration_head_and_previous() -> tuple[str, str]:
@@ -63,7 +64,13 @@ def by_name(results: Sequence[CheckResult]) -> dict[str, CheckResult]:
 
 
 def not_passed(results: Sequence[CheckResult]) -> dict[str, Status]:
-    return {r.name: r.status for r in results if r.status is not Status.PASS}
+    """Setup checks that did not pass (the security checks have tests of their own: the
+    sandbox's sample password and the tests' token-less API make them warn)."""
+    return {
+        r.name: r.status
+        for r in results
+        if r.status is not Status.PASS and r.name not in SECURITY_CHECKS
+    }
 
 
 def doctor_settings(asterisk: AsteriskSandbox, database_url: str) -> Settings:
@@ -106,7 +113,8 @@ async def test_everything_passes_while_serve_runs(service: Service) -> None:
     assert not_passed(results) == {}
     assert exit_status(results) == 0
     names = [r.name for r in results]
-    assert names[0] == "ari" and names[-3:] == ["sounds", "rtp-probe", "database"]
+    assert names[0] == "ari"
+    assert names[-8:] == ["sounds", "rtp-probe", "database", *SECURITY_CHECKS]
     assert {f"module {r.label}" for r in required_modules(settings)} <= set(names)
     named = by_name(results)
     assert "'digits' is registered" in named["stasis-app"].detail
@@ -446,6 +454,9 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
     upgrade_to_head(database)
     monkeypatch.setenv("ARI_URL", f"http://127.0.0.1:{free_tcp_port()}/")
     monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setenv("DIGITS_HASH_KEY_FILE", str(tmp_path / "hash.key"))
+    for name in ("ARI_PASSWORD", "DIGITS_HASH_KEY", "API_HOST", "API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
 
     status = cli.main(["doctor", "--prompt", "sound:custom/welcome"])
 
@@ -455,8 +466,13 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
         ["FAIL", "ari"],
         *(["SKIP", name] for name in ARI_CHECKS),
         ["PASS", "database"],
+        ["PASS", "hash-key"],
+        ["WARN", "ari-password"],  # ARI_PASSWORD is unset
+        ["PASS", "ari-transport"],
+        ["PASS", "api-transport"],
+        ["WARN", "api-token"],
     ]
-    assert lines[-1] == "doctor: 1 pass, 4 skip, 1 fail"
+    assert lines[-1] == "doctor: 4 pass, 2 warn, 4 skip, 1 fail"
 
 
 # --- text prompts --------------------------------------------------------------------------------

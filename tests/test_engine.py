@@ -379,7 +379,7 @@ def test_invalid_keys_are_ignored() -> None:
         (["colour=blue"], "unknown parameter 'colour'"),
         (["num_digits=0"], "num_digits must be between 1 and 64"),
         (["max_digits=10000"], "max_digits must be between 1 and 64"),
-        (["validate=[0-9"], "validate is not a valid regular expression"),
+        (["validate=[0-9"], "validate is not a regular expression RE2 can run"),
         (["dtmf_input_timeout=-1"], "dtmf_input_timeout must be more than 0"),
         (["num_digits=four"], "num_digits must be a whole number"),
         (["min_digits=5", "max_digits=4"], "min_digits (5) is larger than max_digits (4)"),

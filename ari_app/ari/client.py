@@ -105,6 +105,19 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
         return socket
 
 
+def decode_event(data: str) -> JsonObject | None:
+    """One text message of the event websocket as an event object, or None (logged)."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json can parse
+        log.error("dropped an ARI message that is not JSON (%d bytes)", len(data))
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        log.error("dropped an ARI message without an event type")
+        return None
+    return event
+
+
 class AriClient:
     """A typed face over one aioari connection: REST calls and the event stream."""
 
@@ -160,17 +173,9 @@ class AriClient:
                     if message.type is aiohttp.WSMsgType.ERROR:
                         log.warning("ARI websocket error: %s", socket.exception())
                     continue
-                try:
-                    event = json.loads(message.data)
-                except ValueError:
-                    log.error(
-                        "dropped an ARI message that is not JSON (%d bytes)", len(message.data)
-                    )
-                    continue
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    log.error("dropped an ARI message without an event type")
-                    continue
-                on_event(event)
+                event = decode_event(message.data)
+                if event is not None:
+                    on_event(event)
         finally:
             await socket.close()
 

@@ -10,6 +10,15 @@ from typing import Any
 OWN_CHANNEL_PREFIXES = ("Snoop/", "UnicastRTP/")
 
 
+# The entries table's column sizes (ari_app.store.models): longer values would make the
+# database refuse the entry's row, so the caller's answer would be lost.
+MAX_CHANNEL_ID = 128
+MAX_CHANNEL_NAME = 255
+MAX_CALLER_NUMBER = 80
+MAX_CALLER_NAME = 255
+MAX_ASTERISK_ID = 64
+
+
 class MalformedEvent(ValueError):
     pass
 
@@ -59,6 +68,8 @@ _LEAVING = frozenset({"ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"})
 def parse_event(raw: dict[str, Any]) -> AriEvent | None:
     """The typed event, or None for event types the application does not use."""
     kind = raw.get("type")
+    if not isinstance(kind, str):  # an unhashable type would fail the lookups below
+        raise MalformedEvent("event without a string type")
     if kind == "StasisStart":
         channel = _channel(raw)
         args = raw.get("args", [])
@@ -66,7 +77,9 @@ def parse_event(raw: dict[str, Any]) -> AriEvent | None:
             raise MalformedEvent("StasisStart args is not a list of strings")
         asterisk_id = raw.get("asterisk_id")
         return StasisStarted(
-            channel, tuple(args), asterisk_id if isinstance(asterisk_id, str) else None
+            channel,
+            tuple(args),
+            asterisk_id[:MAX_ASTERISK_ID] if isinstance(asterisk_id, str) else None,
         )
     if kind == "ChannelDtmfReceived":
         digit = raw.get("digit")
@@ -103,14 +116,18 @@ def _channel(raw: dict[str, Any]) -> ChannelInfo:
     channel_id, name = channel.get("id"), channel.get("name")
     if not isinstance(channel_id, str) or not channel_id or not isinstance(name, str):
         raise MalformedEvent(f"{raw.get('type')} channel without id or name")
+    if len(channel_id) > MAX_CHANNEL_ID:
+        raise MalformedEvent(f"{raw.get('type')} channel id longer than {MAX_CHANNEL_ID}")
     caller = channel.get("caller")
     number = caller.get("number") if isinstance(caller, dict) else None
     caller_name = caller.get("name") if isinstance(caller, dict) else None
     state = channel.get("state")
     return ChannelInfo(
         id=channel_id,
-        name=name,
+        name=name[:MAX_CHANNEL_NAME],
         state=state if isinstance(state, str) else "",
-        caller_number=number if isinstance(number, str) and number else None,
-        caller_name=caller_name if isinstance(caller_name, str) and caller_name else None,
+        caller_number=number[:MAX_CALLER_NUMBER] if isinstance(number, str) and number else None,
+        caller_name=(
+            caller_name[:MAX_CALLER_NAME] if isinstance(caller_name, str) and caller_name else None
+        ),
     )

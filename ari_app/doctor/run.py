@@ -11,6 +11,7 @@ from ari_app.doctor.database import check_database
 from ari_app.doctor.modules import SPEECH_MODULES, check_modules, fetch_modules, required_modules
 from ari_app.doctor.report import CheckResult, Status, exit_status, summary
 from ari_app.doctor.rtp_probe import probe_rtp
+from ari_app.doctor.security import check_security
 from ari_app.doctor.sounds import check_sounds, has_text, parse_prompts, prompt_sounds
 from ari_app.doctor.stasis_app import fetch_stasis_app
 from ari_app.doctor.text_engine import check_text_engine
@@ -50,6 +51,8 @@ async def run_checks(
     report(await check_database(settings.database_url))
     if has_text(prompts):
         report(await check_text_engine(settings))
+    for result in await check_security(settings):
+        report(result)
     return results
 
 

@@ -148,8 +148,9 @@ class RtpReceiver(asyncio.DatagramProtocol):
 
     Datagrams from an unregistered source are counted (``unknown_source``) and dropped, with at
     most one warning per source per minute. Malformed packets are counted under their
-    :class:`RtpError` reason. A sink that raises is counted (``sink_error``) and logged once per
-    source; the receiver keeps going. Nothing raises out of :meth:`datagram_received`.
+    :class:`RtpError` reason, with at most one warning per source per minute too. A sink that
+    raises is counted (``sink_error``) and logged once per source; the receiver keeps going.
+    Nothing raises out of :meth:`datagram_received`.
 
     Sinks run on the event loop for every packet (50 per second per entry): they must be quick
     (an :class:`AudioAssembler` plus the VAD is, at a few tens of microseconds per packet).
@@ -167,6 +168,7 @@ class RtpReceiver(asyncio.DatagramProtocol):
         self._sinks: dict[Source, Sink] = {}
         self._wildcard_sinks: dict[int, Sink] = {}
         self._warned_at: dict[Source, float] = {}
+        self._malformed_warned_at: dict[Source, float] = {}
         self._failed_sinks: set[Source] = set()
         self.counters: dict[str, int] = dict.fromkeys(
             ("accepted", "unknown_source", "sink_error", "socket_error", *RTP_ERROR_REASONS), 0
@@ -287,6 +289,14 @@ class RtpReceiver(asyncio.DatagramProtocol):
             packet = parse_rtp(data, payload_type=self._payload_type)
         except RtpError as exc:
             self.counters[exc.reason] = self.counters.get(exc.reason, 0) + 1
+            if self._may_warn(self._malformed_warned_at, source):
+                log.warning(
+                    "dropping malformed RTP from %s:%d (%s; %d malformed datagrams so far)",
+                    source[0],
+                    source[1],
+                    exc.reason,
+                    sum(self.counters[reason] for reason in RTP_ERROR_REASONS),
+                )
             return
         self.counters["accepted"] += 1
         try:
@@ -299,17 +309,24 @@ class RtpReceiver(asyncio.DatagramProtocol):
                     "RTP sink for %s:%d raised; later errors are only counted", source[0], source[1]
                 )
 
-    def _warn_unknown(self, source: Source) -> None:
+    def _may_warn(self, warned_at: dict[Source, float], source: Source) -> bool:
+        """At most one warning per source per interval, for at most _MAX_WARNED_SOURCES."""
         now = self._clock()
-        last = self._warned_at.get(source)
+        last = warned_at.get(source)
         if last is not None and now - last < UNKNOWN_SOURCE_WARN_INTERVAL_S:
-            return
-        if len(self._warned_at) >= _MAX_WARNED_SOURCES:
+            return False
+        if len(warned_at) >= _MAX_WARNED_SOURCES:
             cutoff = now - UNKNOWN_SOURCE_WARN_INTERVAL_S
-            self._warned_at = {s: t for s, t in self._warned_at.items() if t > cutoff}
-            if len(self._warned_at) >= _MAX_WARNED_SOURCES:
-                return  # a flood of distinct senders: stay quiet, the counter still counts
-        self._warned_at[source] = now
+            for stale in [s for s, t in warned_at.items() if t <= cutoff]:
+                del warned_at[stale]
+            if len(warned_at) >= _MAX_WARNED_SOURCES:
+                return False  # a flood of distinct senders: stay quiet, the counter still counts
+        warned_at[source] = now
+        return True
+
+    def _warn_unknown(self, source: Source) -> None:
+        if not self._may_warn(self._warned_at, source):
+            return
         log.warning(
             "dropping RTP from unregistered source %s:%d (%d such datagrams so far)",
             source[0],
