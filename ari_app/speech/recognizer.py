@@ -31,7 +31,7 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
    transcript with too many digits gives way to one that only *drops* some ("3 3" for "three").
    A digit the transcript has is never changed this way, a transcript off by more than a
    quarter of the count is left alone (see :func:`fit_count`), and in a turn with words around
-   the digits none is added (there half the added digits were wrong).
+   the digits (more than one word) none is added: there half the added digits were wrong.
 4. **Pause check and per-segment fallback.** Whisper's errors on digit strings are mostly
    *dropped* digits, and sometimes a repetition loop. The utterance is cut at pauses
    (``min_pause_ms``; energy above both the utterance's noise floor + 6 dB and its peak - 25 dB).
@@ -1068,13 +1068,16 @@ class DigitRecognizer:
                 digits = words_to_digits(text).digits
         # Digits are added only where some were said without a pause between them (a run may
         # have merged): a transcript with a digit for each pause-separated stretch of speech
-        # dropped none, and the digits still missing come in another utterance. Never in a
-        # turn with words around the digits: there the added digit was as often wrong as right
-        # (4 of 8 on the mixed corpus), and a short entry is a retry, a wrong one is not.
+        # dropped none, and the digits still missing come in another utterance. Not in a turn
+        # with a phrase around the digits ("that's it", "the number is"): there the added digit
+        # was as often wrong as right (4 of 8 on the mixed corpus), and a short entry is a
+        # retry, a wrong one is not. A lone word next to them ("7 2 2 bye", "Text 3, 0, 1") is
+        # more likely the missing digit misheard.
+        may_add = not mixed or len(framing_words(free_text).split()) <= 1
         if (
             vocabulary == "digits"
             and expected_digits is not None
-            and (len(digits) > expected_digits or (not mixed and len(digits) > len(spans)))
+            and (len(digits) > expected_digits or (may_add and len(digits) > len(spans)))
         ):
             text, digits = fit_count(text, digits, nbest, expected_digits)
             if _near_miss(len(digits), expected_digits):  # a wider search, only then
