@@ -437,6 +437,7 @@ async def test_the_service_serves_health_metrics_and_readiness_without_ari_or_to
         speech=True,
         ari_url=f"http://127.0.0.1:{free_tcp_port()}/",
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'service.sqlite3'}",
+        journal_path=str(tmp_path / "journal.sqlite3"),
         api_port=free_tcp_port(),
         reconnect_max_delay=1.0,
     )

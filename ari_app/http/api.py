@@ -35,6 +35,7 @@ from typing import Final
 from aiohttp import web
 from multidict import MultiMapping
 
+from ari_app.journal import JournalBacklog
 from ari_app.metrics import Metrics
 from ari_app.store.queries import (
     DEFAULT_PAGE_SIZE,
@@ -98,6 +99,8 @@ class ApiConfig:
     # Whether the ARI application is connected; None: this server runs no ARI application,
     # so readiness is the database alone.
     ari_connected: Callable[[], bool] | None = None
+    # The local journal's backlog; None: no journal (the database alone answers readiness).
+    journal_backlog: Callable[[], JournalBacklog] | None = None
 
 
 STORE: Final = web.AppKey("store", Store)
@@ -275,14 +278,33 @@ async def _database_state(store: Store) -> str:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
+    config = request.app[API_CONFIG]
     checks: dict[str, str] = {}
-    ari_connected = request.app[API_CONFIG].ari_connected
-    if ari_connected is not None:
-        checks["ari"] = "ok" if ari_connected() else "not connected"
+    if config.ari_connected is not None:
+        checks["ari"] = "ok" if config.ari_connected() else "not connected"
     checks["database"] = await _database_state(request.app[STORE])
-    not_ready = sorted(name for name, state in checks.items() if state != "ok")
+    body: dict[str, object] = {}
+    if config.journal_backlog is not None:
+        backlog = config.journal_backlog()
+        # The journal absorbs a database outage: entries are still taken and kept, so the
+        # service stays ready, saying so. A journal that cannot write is not ready.
+        if checks["database"] != "ok" and not backlog.journal_failing:
+            checks["database"] = "degraded"
+        checks["journal"] = "failing" if backlog.journal_failing else "ok"
+        body["journal"] = {
+            "backlog": backlog.records,
+            "oldest_unsent_s": (
+                None if backlog.oldest_age_s is None else round(backlog.oldest_age_s, 3)
+            ),
+        }
+    not_ready = sorted(name for name, state in checks.items() if state not in ("ok", "degraded"))
     return web.json_response(
-        {"status": "not_ready" if not_ready else "ready", "checks": checks, "not_ready": not_ready},
+        {
+            "status": "not_ready" if not_ready else "ready",
+            "checks": checks,
+            "not_ready": not_ready,
+            **body,
+        },
         status=503 if not_ready else 200,
     )
 
@@ -298,16 +320,20 @@ def make_api_app(
     token: str,
     metrics: Metrics | None = None,
     ari_connected: Callable[[], bool] | None = None,
+    journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> web.Application:
     """The HTTP server as an aiohttp application over ``store`` (which the caller opens and
     closes, after the application has stopped). ``token`` empty: /api disabled (503).
     ``metrics``: what ``/metrics`` exposes (none: an instance of its own, all zero).
     ``ari_connected``: for ``/readyz``; None when no ARI application runs beside it.
+    ``journal_backlog``: for ``/readyz``: the database may be down while the journal holds.
     ``open_routes``: further routes served without the token."""
     app = web.Application(middlewares=[json_errors, bearer_auth])
     app[STORE] = store
-    app[API_CONFIG] = ApiConfig(token=token, ari_connected=ari_connected)
+    app[API_CONFIG] = ApiConfig(
+        token=token, ari_connected=ari_connected, journal_backlog=journal_backlog
+    )
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[OPEN_PATHS] = set()
     app.router.add_get("/api/entries", handle_list)
@@ -349,6 +375,7 @@ async def running_http_api(
     token: str,
     metrics: Metrics | None = None,
     ari_connected: Callable[[], bool] | None = None,
+    journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> AsyncIterator[ApiServer]:
     """Serve :func:`make_api_app` on ``host:port`` (port 0: any free port) until the context
@@ -358,7 +385,12 @@ async def running_http_api(
     then the application is cleaned up; close ``store`` only after that.
     """
     app = make_api_app(
-        store, token=token, metrics=metrics, ari_connected=ari_connected, open_routes=open_routes
+        store,
+        token=token,
+        metrics=metrics,
+        ari_connected=ari_connected,
+        journal_backlog=journal_backlog,
+        open_routes=open_routes,
     )
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
