@@ -4,7 +4,7 @@ Routes (see :func:`ari_app.http.schema.openapi_document` for the full contract):
 
 - ``GET /api/entries``: filters ``from``, ``to``, ``status``, ``label``, ``caller_number``,
   ``channel``, ``transport``, ``confirmed``; ``limit`` (1-500, default 50) and ``cursor``.
-- ``GET /api/entries/{id}``: one entry with its events.
+- ``GET /api/entries/{id}``: one entry with its events, by id or by key (``DIGITS_ID``).
 - ``GET /api/stats``: aggregates over ``[from, to)``.
 - Open routes (no token): ``GET /healthz`` (the process answers), ``GET /readyz`` (200 when
   ARI is connected and the database answers ``SELECT 1``; otherwise 503 naming what is not
@@ -35,6 +35,7 @@ from typing import Final
 from aiohttp import web
 from multidict import MultiMapping
 
+from ari_app.entry_key import is_entry_key
 from ari_app.journal import JournalBacklog
 from ari_app.metrics import Metrics
 from ari_app.store.queries import (
@@ -233,12 +234,18 @@ async def handle_list(request: web.Request) -> web.Response:
 async def handle_entry(request: web.Request) -> web.Response:
     _check_known(request.query, ())
     raw = request.match_info["id"]
-    if not _DIGITS.fullmatch(raw):
-        raise QueryError("id", f"must be a positive integer; got {raw[:64]!r}")
-    entry_id = int(raw)
-    entry = await get_entry(request.app[STORE], entry_id) if entry_id <= MAX_ENTRY_ID else None
+    store = request.app[STORE]
+    if is_entry_key(raw):
+        entry = await store.get_entry_by_key(raw)
+    elif _DIGITS.fullmatch(raw):
+        entry_id = int(raw)
+        entry = await get_entry(store, entry_id) if entry_id <= MAX_ENTRY_ID else None
+    else:
+        raise QueryError(
+            "id", f"must be a positive integer or an entry key (DIGITS_ID); got {raw[:64]!r}"
+        )
     if entry is None:
-        return error_response(404, f"no entry with id {entry_id}", parameter="id")
+        return error_response(404, f"no entry with id {raw}", parameter="id")
     return web.json_response(entry_json(entry, with_events=True))
 
 

@@ -82,6 +82,7 @@ def entry_json(entry: StoredEntry, *, with_events: bool = False) -> dict[str, ob
         digits = mask_digits(digits)
     body: dict[str, object] = {
         "id": entry.id,
+        "entry_key": entry.entry_key,
         "started_at": isoformat(entry.started_at),
         "ended_at": _optional_time(entry.ended_at),
         "status": entry.status,
@@ -173,6 +174,12 @@ _EVENT_SCHEMA: Final[dict[str, Any]] = {
 
 _ENTRY_PROPERTIES: Final[dict[str, Any]] = {
     "id": {"type": "integer", "minimum": 1},
+    "entry_key": {
+        "type": ["string", "null"],
+        "format": "uuid",
+        "description": "the UUIDv7 the dialplan got as DIGITS_ID; null on entries stored "
+        "before the journal existed",
+    },
     "started_at": {**_TIME, "description": "UTC"},
     "ended_at": {**_NULLABLE_TIME, "description": "UTC; null while in progress"},
     "status": {"type": "string", "enum": sorted(ENTRY_STATUSES)},
@@ -349,8 +356,13 @@ def _build_openapi() -> dict[str, Any]:
         "name": "id",
         "in": "path",
         "required": True,
-        "description": "the entry id",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "description": "the entry id, or its key (DIGITS_ID, a UUIDv7)",
+        "schema": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                {"type": "string", "format": "uuid"},
+            ]
+        },
     }
     return {
         "openapi": "3.1.0",
