@@ -254,6 +254,10 @@ class _SqliteWriter:
                 try:
                     result = job.work(connection)
                 except Exception as exc:
+                    if not connection.in_transaction:
+                        # SQLite rolled the whole transaction back itself (SQLITE_FULL, an
+                        # I/O error): the jobs before this one are lost with it.
+                        raise
                     connection.execute("ROLLBACK TO job")
                     outcomes.append((job, None, exc))
                 else:
@@ -494,11 +498,12 @@ class Journal:
         self._entry_ids.pop(record.entry_key, None)
 
     async def close(self) -> None:
-        """Drain for up to CLOSE_DRAIN_S more, then stop; what is left waits on disk for the
-        next start."""
+        """Drain for up to CLOSE_DRAIN_S more (unless the database is failing), then stop; what
+        is left waits on disk for the next start."""
         if self._drainer is not None:
-            with contextlib.suppress(TimeoutError):
-                await self.wait_drained(CLOSE_DRAIN_S)
+            if not self._database_failing:  # a database that fails would only use the time up
+                with contextlib.suppress(TimeoutError):
+                    await self.wait_drained(CLOSE_DRAIN_S)
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer

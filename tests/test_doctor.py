@@ -106,7 +106,7 @@ async def test_everything_passes_while_serve_runs(service: Service) -> None:
     assert not_passed(results) == {}
     assert exit_status(results) == 0
     names = [r.name for r in results]
-    assert names[0] == "ari" and names[-3:] == ["sounds", "rtp-probe", "database"]
+    assert names[0] == "ari" and names[-4:] == ["sounds", "rtp-probe", "database", "journal"]
     assert {f"module {r.label}" for r in required_modules(settings)} <= set(names)
     named = by_name(results)
     assert "'digits' is registered" in named["stasis-app"].detail
