@@ -65,7 +65,8 @@ class SwitchedStore(Store):
 class HandBackPort:
     """A channel that notes when it went back to the dialplan, and with what."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel_id: str = "") -> None:
+        self.channel_id = channel_id
         self.variables: dict[str, str] = {}
         self.released = asyncio.Event()
         self.released_at = 0.0
@@ -93,7 +94,7 @@ async def keyed_entry(
     """One caller keying ``digits`` into num_digits=len(digits): the port and the seconds from
     the last key to the hand-back."""
     info = CallInfo(channel_id, f"PJSIP/{channel_id}", "5551234", None, None, "ari", False)
-    port = HandBackPort()
+    port = HandBackPort(channel_id)
     session = sessions.open(channel_id, info, [f"num_digits={len(digits)}", "label=pin"], port)
     sessions.start(channel_id, session, lambda _inbox: None)
     await asyncio.sleep(0.01)

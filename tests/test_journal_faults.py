@@ -1,5 +1,6 @@
 """Fault tests on real parts: the real ``ari-digits serve`` process, killed with SIGKILL in the
-middle of a burst of FastAGI calls, then started again.
+middle of a burst of FastAGI calls, then started again; a real PostgreSQL (a throw-away cluster)
+stopped under concurrent callers.
 
 The callers are scripted FastAGI peers (devtools.fake_asterisk, the bytes Asterisk 22 sends);
 ARI points at a closed port (``serve`` keeps reconnecting in the background), so no Asterisk
@@ -18,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from ari_app.journal import Journal
+from ari_app.metrics import Metrics
+from ari_app.session import Sessions
+from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.repository import Store
 from devtools.fake_asterisk import FakeAsterisk, environment
+from devtools.throwaway_pg import ThrowawayPostgres
 from tests.conftest import free_tcp_port
+from tests.test_journal import HANDBACK_LIMIT_S, keyed_entry
 
 SERVE = [str(Path(sys.executable).with_name("ari-digits")), "serve"]
 BURST = 40
@@ -119,3 +126,55 @@ async def test_serve_killed_mid_burst_stores_every_journaled_entry_on_restart(
     statuses = [entry.status for entry in entries]
     assert set(statuses) == {"completed", "interrupted"}, statuses
     assert len(entries) >= len(handed_back)
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL cluster of the test's own: the shared one is never stopped."""
+    pg = ThrowawayPostgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.mark.timeout(120)
+async def test_postgresql_stopped_under_concurrent_callers_loses_nothing_and_delays_nobody(
+    throwaway_pg: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    """Real PostgreSQL, stopped (fast shutdown) while 25 callers finish their entries through
+    the session runner and the journal, then started again."""
+    await upgrade_to_head_async(throwaway_pg.url)
+    store = Store.from_url(throwaway_pg.url)
+    journal = await Journal.open(
+        tmp_path / "journal.sqlite3", store, metrics=Metrics(), max_bytes=None
+    )
+    journal.start_draining()
+    sessions = Sessions(journal, hash_key="k", metrics=Metrics())
+    try:
+        healthy = await asyncio.gather(
+            *(keyed_entry(sessions, f"h{n}", f"{n:04}") for n in range(25))
+        )
+        await asyncio.to_thread(throwaway_pg.stop)
+        down = await asyncio.gather(*(keyed_entry(sessions, f"d{n}", f"{n:04}") for n in range(25)))
+        await asyncio.sleep(1.0)  # the drain meets the outage and backs off
+        assert journal.backlog().database_failing
+        assert journal.backlog().records >= 2 * len(down)
+        await asyncio.to_thread(throwaway_pg.start)
+        await journal.wait_drained(within=60)
+    finally:
+        await journal.close()
+    try:
+        for port, _ in healthy + down:
+            assert port.variables["DIGITS_STATUS"] == "completed"
+            entry = await store.get_entry_by_key(port.variables["DIGITS_ID"])
+            assert entry is not None
+            assert (entry.status, entry.channel_id) == ("completed", port.channel_id)
+        assert len(await store.list_entries(limit=500)) == 50  # none twice
+    finally:
+        await store.close()
+    healthy_p99 = max(seconds for _, seconds in healthy)
+    down_p99 = max(seconds for _, seconds in down)
+    # "Unaffected": within the healthy figure plus a margin for a loaded CI machine.
+    assert down_p99 < max(HANDBACK_LIMIT_S, 3 * healthy_p99), (healthy_p99, down_p99)
