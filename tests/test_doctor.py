@@ -446,6 +446,7 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
     upgrade_to_head(database)
     monkeypatch.setenv("ARI_URL", f"http://127.0.0.1:{free_tcp_port()}/")
     monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setenv("JOURNAL_PATH", str(tmp_path / "journal.sqlite3"))
 
     status = cli.main(["doctor", "--prompt", "sound:custom/welcome"])
 
@@ -455,8 +456,9 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
         ["FAIL", "ari"],
         *(["SKIP", name] for name in ARI_CHECKS),
         ["PASS", "database"],
+        ["PASS", "journal"],
     ]
-    assert lines[-1] == "doctor: 1 pass, 4 skip, 1 fail"
+    assert lines[-1] == "doctor: 2 pass, 4 skip, 1 fail"
 
 
 # --- text prompts --------------------------------------------------------------------------------
