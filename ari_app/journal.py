@@ -426,8 +426,11 @@ class Journal:
             await self._work.wait()
             # Cleared before reading: a record appended from here on sets it again.
             self._work.clear()
-            while records := await self._writer.run(_oldest(DRAIN_BATCH)):
+            while True:
                 try:
+                    records = await self._writer.run(_oldest(DRAIN_BATCH))
+                    if not records:
+                        break
                     await self._send(records)
                 except Exception as exc:
                     self._metrics.journal_database_failed()
