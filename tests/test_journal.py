@@ -30,6 +30,7 @@ from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.models import entries_table
 from ari_app.store.records import EntryOutcome, EntryStart
 from ari_app.store.repository import Store
+from tests.test_http_api import check_schema
 from tests.test_metrics import scraped, scraped_value
 
 # What a healthy local journal commit costs is milliseconds; a database statement here takes
@@ -231,6 +232,7 @@ async def test_readyz_stays_ready_and_shows_the_backlog_during_an_outage(
         assert body["not_ready"] == []
         assert body["journal"]["backlog"] == 2
         assert body["journal"]["oldest_unsent_s"] >= 0
+        check_schema("Readiness", body)
         store.down = False
         await journal.wait_drained(within=30)
     finally:

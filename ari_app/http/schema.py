@@ -451,7 +451,8 @@ def _build_openapi() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "getReadiness",
-                    "summary": "Ready to take calls: ARI connected and the database answering "
+                    "summary": "Ready to take calls: ARI connected and entries recorded (the "
+                    "journal writable; a database outage it absorbs is `degraded`, still ready) "
                     "(no token needed)",
                     "security": [],
                     "responses": {
@@ -516,15 +517,29 @@ def _build_openapi() -> dict[str, Any]:
                         "checks": {
                             "type": "object",
                             "description": "each check's state: `ok`, or why not (`ari`: "
-                            "`not connected`; `database`: `unreachable`, `no answer`); `ari` "
-                            "is absent where the server runs no ARI application",
+                            "`not connected`; `database`: `unreachable`, `no answer`, or "
+                            "`degraded` while the journal absorbs it; `journal`: `failing`); "
+                            "`ari` and `journal` are absent where the server runs no ARI "
+                            "application and no journal",
                             "required": ["database"],
                             "additionalProperties": {"type": "string"},
                         },
                         "not_ready": {
                             "type": "array",
-                            "description": "the checks that are not `ok`, sorted",
+                            "description": "the checks that are neither `ok` nor `degraded`, "
+                            "sorted",
                             "items": {"type": "string"},
+                        },
+                        "journal": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["backlog", "oldest_unsent_s"],
+                            "description": "what the local journal holds that the database "
+                            "does not have yet",
+                            "properties": {
+                                "backlog": {"type": "integer", "minimum": 0},
+                                "oldest_unsent_s": {"type": ["number", "null"], "minimum": 0},
+                            },
                         },
                     },
                 },
