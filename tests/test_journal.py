@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from ari_app.doctor.journal import check_journal
 from ari_app.doctor.report import Status as DoctorStatus
+from ari_app.entry_key import is_entry_key, new_entry_key
 from ari_app.http import running_http_api
 from ari_app.journal import Journal, JournalError
 from ari_app.media import MediaItem
@@ -401,3 +403,12 @@ async def test_doctor_shows_the_journal_state(store: SwitchedStore, tmp_path: Pa
     under_a_file = await check_journal(str(not_a_journal / "journal.sqlite3"))
     assert under_a_file.status is DoctorStatus.FAIL
     assert "cannot create the journal" in under_a_file.detail
+
+
+def test_entry_keys_are_uuid7_in_creation_order() -> None:
+    keys = [new_entry_key() for _ in range(1000)]
+    assert len(set(keys)) == 1000
+    assert all(uuid.UUID(key).version == 7 and is_entry_key(key) for key in keys)
+    # The first 48 bits are the time in milliseconds: later keys never sort before earlier ones.
+    assert [key[:13] for key in keys] == sorted(key[:13] for key in keys)
+    assert not is_entry_key("12") and not is_entry_key(str(uuid.uuid4()))
