@@ -5,15 +5,16 @@ The service's own parts (the ARI application, the session runner, the journal, t
 against the real Asterisk sandbox and a PostgreSQL cluster of the bench's own
 (devtools.throwaway_pg: the machine's shared cluster is never stopped). ``--callers``
 simulated callers (Local channels, devtools.simulate) call back to back, each keying 4 digits
-into ``num_digits=4``. After ``--healthy-s`` seconds PostgreSQL is stopped (fast shutdown) for
-``--outage-s`` seconds, then started again; the callers stop, and the bench waits for the
+into ``num_digits=4``. After ``--healthy-s`` seconds the database is slow for ``--slow-s``
+seconds (the store waits 1 s before each statement: a stand-in for a slow server, made in the
+client), then PostgreSQL is stopped (fast shutdown) for ``--outage-s`` seconds, then started again; the callers stop, and the bench waits for the
 journal to drain and counts:
 
 - handed back: entries that went back to the dialplan with ``DIGITS_STATUS=completed``;
 - stored: those found in PostgreSQL under their ``DIGITS_ID`` with the digits keyed;
 - lost: handed back but not stored (must be 0); duplicated: rows beyond one per entry (must be 0);
 - hand-back latency: from Asterisk's timestamp of the last key to the channel's release, p50 and
-  p99, for entries whose last key fell before the outage and during it.
+  p99, for entries whose last key fell while the database was healthy, slow, and down.
 
 Needs the sandbox lock when others share the machine:
 
@@ -45,10 +46,13 @@ from ari_app.ports import CallPort
 from ari_app.settings import Settings
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.models import entries_table
-from ari_app.store.repository import Store
+from ari_app.store.records import EntryOutcome, EntryStart
+from ari_app.store.repository import Store, create_engine_for_url
 from devtools.sandbox import AsteriskSandbox, default_conf_dir
 from devtools.simulate import SimulatedCallers
 from devtools.throwaway_pg import ThrowawayPostgres
+
+SLOW_STATEMENT_S = 1.0
 
 
 @dataclass
@@ -81,6 +85,24 @@ class ReleaseTimingPort:
     async def release(self) -> None:
         await self._inner.release()
         self._on_release(HandBack(self._variables, time.time()))
+
+
+class SlowableStore(Store):
+    """The real store; while ``delay_s`` is set, each statement waits that long first."""
+
+    delay_s = 0.0
+
+    async def start_entry(self, start: EntryStart) -> int:
+        await asyncio.sleep(self.delay_s)
+        return await super().start_entry(start)
+
+    async def entry_id_for_key(self, entry_key: str) -> int | None:
+        await asyncio.sleep(self.delay_s)
+        return await super().entry_id_for_key(entry_key)
+
+    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
+        await asyncio.sleep(self.delay_s)
+        await super().finish_entry(entry_id, outcome)
 
 
 class TimedApplication(AriApplication):
@@ -149,7 +171,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await asyncio.to_thread(pg.start)
         await upgrade_to_head_async(pg.url)
-        store = Store.from_url(pg.url)
+        store = SlowableStore(create_engine_for_url(pg.url))
         metrics = Metrics()
         journal = await Journal.open(
             scratch / "journal.sqlite3", store, metrics=metrics, max_bytes=None
@@ -178,6 +200,11 @@ async def run(args: argparse.Namespace) -> int:
                 for _ in range(args.callers)
             ]
             await asyncio.sleep(args.healthy_s)
+            slow_from = time.time()
+            store.delay_s = SLOW_STATEMENT_S
+            print(f"database slow (1 s a statement) for {args.slow_s:.0f} s", flush=True)
+            await asyncio.sleep(args.slow_s)
+            store.delay_s = 0.0
             outage_from = time.time()
             await asyncio.to_thread(pg.stop)
             print(f"PostgreSQL stopped for {args.outage_s:.0f} s", flush=True)
@@ -235,6 +262,7 @@ async def run(args: argparse.Namespace) -> int:
         duplicated = sum(count - 1 for _, count in per_channel)
 
         healthy: list[float] = []
+        slow: list[float] = []
         down: list[float] = []
         for outcome in completed:
             assert outcome.hand_back is not None
@@ -242,14 +270,16 @@ async def run(args: argparse.Namespace) -> int:
             if key_at is None:
                 continue
             latency_ms = (outcome.hand_back.released_at - key_at) * 1000
-            if key_at < outage_from:
+            if key_at < slow_from:
                 healthy.append(latency_ms)
+            elif key_at < outage_from:
+                slow.append(latency_ms)
             elif key_at < outage_to:
                 down.append(latency_ms)
         not_completed = len(outcomes) - len(completed)
         print(
             f"\n{args.callers} concurrent callers; PostgreSQL down {args.outage_s:.0f} s "
-            f"(after {args.healthy_s:.0f} s healthy)"
+            f"(after {args.healthy_s:.0f} s healthy and {args.slow_s:.0f} s slow)"
         )
         print(f"calls placed                {len(outcomes)}")
         print(f"handed back completed       {len(completed)}  (other outcomes: {not_completed})")
@@ -258,7 +288,11 @@ async def run(args: argparse.Namespace) -> int:
         print(f"stored with other digits    {wrong}")
         print(f"duplicated                  {duplicated}  (rows in the database: {rows})")
         print(f"journal drained in          {drained_in:.1f} s after the callers stopped")
-        for name, values in (("healthy", healthy), ("during the outage", down)):
+        for name, values in (
+            ("healthy", healthy),
+            ("slow (1 s/stmt)", slow),
+            ("during the outage", down),
+        ):
             if values:
                 print(
                     f"hand-back latency, {name:<17} p50 {statistics.median(values):6.1f} ms  "
@@ -276,6 +310,7 @@ def main() -> int:
     parser.add_argument("--callers", type=int, default=50)
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--healthy-s", type=float, default=20.0)
+    parser.add_argument("--slow-s", type=float, default=20.0)
     parser.add_argument("--after-s", type=float, default=10.0, help="calls after the restart")
     return asyncio.run(run(parser.parse_args()))
 
