@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -303,6 +304,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await asyncio.to_thread(pg.destroy)
         await asyncio.to_thread(sandbox.stop)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> int:
