@@ -10,6 +10,7 @@ stores the row; the runner then hands the result back to the dialplan.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -36,16 +37,21 @@ from ari_app.engine import (
     Timer,
     TimerFired,
 )
+from ari_app.entry_key import new_entry_key
 from ari_app.logcontext import CallLogContext
 from ari_app.metrics import Metrics, discarded_metrics
 from ari_app.params import Params
 from ari_app.ports import Attachment, CallInfo, CallPort, ChannelGone, EntryStore, TransportError
 from ari_app.store.records import EntryOutcome, EntryStart, StoredEvent
-from ari_app.vocabulary import Source
+from ari_app.vocabulary import Source, Status
 
 log = logging.getLogger(__name__)
 
 VISIBLE_TAIL = 2
+# What the dialplan reads in DIGITS_ERROR when the entry could not be recorded.
+NOT_RECORDED_ERROR = "the entry could not be recorded"
+# An utterance's transcript of a sensitive entry, as recorded (the store redacts it too).
+REDACTED_TRANSCRIPT = "[redacted]"
 # Events that come from the channel through the adapter; their handling latency is measured.
 CHANNEL_EVENTS = (Digit, PromptFinished, Hangup)
 
@@ -91,7 +97,10 @@ class CallSession:
         self._playbacks: dict[str, int] = {}
         self._hung_up = False
         self._attachments: list[Attachment] = []
-        self.entry_id: int | None = None
+        # Made before anything is stored: the entry's key everywhere (DIGITS_ID, the journal,
+        # the database's entry_key), so no step waits for the central database to number it.
+        self.entry_key = new_entry_key()
+        self.recorded = False  # start and outcome both recorded (durable)
         self.result: Result | None = None
         params = self._collector.params
         # The adapter enters it in the call's task (ari_app.logcontext).
@@ -208,11 +217,15 @@ class CallSession:
             digit_sources=[record.source for record in result.digits],
             first_digit_s=result.digits[0].at_ms / 1000 if result.digits else None,
         )
-        # The row first, so that the result's log line carries the entry id (logcontext).
-        entry_id = await row
-        self.entry_id = entry_id
+        # The start first, so that the result's log line carries the entry's key.
+        started_recorded = await row
         self._log_result(result)
-        await self._finish_row(entry_id, result)
+        self.recorded = started_recorded and await self._record_outcome(result)
+        if not self.recorded and result.status is not Status.HANGUP:
+            # A result that was not recorded must not reach the dialplan as a success: the
+            # caller would hear an entry accepted that nobody will ever read.
+            result = dataclasses.replace(result, status=Status.ERROR, error=NOT_RECORDED_ERROR)
+            self.result = result
         return result
 
     async def _collect(self) -> Result:
@@ -279,7 +292,7 @@ class CallSession:
 
     # --- storage and the way back ---------------------------------------------------------
 
-    async def _start_row(self, started_at: datetime) -> int | None:
+    async def _start_row(self, started_at: datetime) -> bool:
         params = self._collector.params
         parameters: dict[str, object] = (
             params.as_record() if params is not None else {"arguments": self._raw_arguments()}
@@ -295,27 +308,28 @@ class CallSession:
             asterisk_id=self.info.asterisk_id,
             started_at=started_at,
             sensitive=self.sensitive,
+            entry_key=self.entry_key,
         )
         try:
-            entry_id = await self._store.start_entry(start)
+            await self._store.record_start(start)
         except Exception:
             log.exception("channel %s: could not store the entry's start", self.info.channel_id)
-            return None
-        self.log_context.entry_id = entry_id
-        return entry_id
+            return False
+        self.log_context.entry_id = self.entry_key
+        return True
 
-    async def _finish_row(self, entry_id: int | None, result: Result) -> None:
-        if entry_id is None:
-            return
+    async def _record_outcome(self, result: Result) -> bool:
         try:
-            await self._store.finish_entry(entry_id, self._outcome(result))
+            await self._store.record_outcome(self.entry_key, self._outcome(result))
         except Exception:
             log.exception(
                 "channel %s: could not store entry %s (status %s)",
                 self.info.channel_id,
-                entry_id,
+                self.entry_key,
                 result.status,
             )
+            return False
+        return True
 
     def _outcome(self, result: Result) -> EntryOutcome:
         sensitive = self.sensitive
@@ -339,7 +353,11 @@ class CallSession:
                 digit=None,
                 source=None,
                 duration_ms=None,
-                detail=step.detail,
+                detail=(
+                    REDACTED_TRANSCRIPT
+                    if sensitive and step.kind == "utterance" and step.detail is not None
+                    else step.detail
+                ),
                 rejected=step.rejected,
             )
             for step in result.steps

@@ -20,6 +20,7 @@ from typing import Final, TextIO
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
+from ari_app.entry_key import is_entry_key
 from ari_app.http.schema import entry_json, stats_json
 from ari_app.store.queries import (
     MAX_PAGE_SIZE,
@@ -61,13 +62,16 @@ def _limit(text: str) -> int:
     return value
 
 
-def _entry_id(text: str) -> int:
+def _entry_id(text: str) -> int | str:
+    """An entry's integer id, or its key (DIGITS_ID, a UUIDv7)."""
+    if is_entry_key(text.lower()):
+        return text.lower()
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
+        raise argparse.ArgumentTypeError("must be a positive whole number or an entry key")
     return value
 
 
@@ -123,7 +127,7 @@ def add_results_commands(
     _add_common(listing)
 
     show = commands.add_parser("show", help="one entry with its digit and confirmation events")
-    show.add_argument("id", type=_entry_id, help="the entry id (DIGITS_ID)")
+    show.add_argument("id", type=_entry_id, help="the entry id, or its key (DIGITS_ID)")
     _add_common(show)
 
     stats = commands.add_parser(
@@ -217,7 +221,11 @@ async def _list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _show(store: Store, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    entry = await get_entry(store, args.id)
+    entry = (
+        await store.get_entry_by_key(args.id)
+        if isinstance(args.id, str)
+        else await get_entry(store, args.id)
+    )
     if entry is None:
         return _fail(f"no entry with id {args.id}", err=err, code=1)
     body = entry_json(entry, with_events=True)

@@ -25,15 +25,16 @@ CONTEXT_FIELDS: Final = ("entry_id", "channel_id", "transport", "label")
 
 @dataclass
 class CallLogContext:
-    """Mutable on purpose: ``entry_id`` is filled in once the entry's row exists."""
+    """Mutable on purpose: ``entry_id`` (the entry's key, ``DIGITS_ID``) is filled in once
+    the entry's start is recorded."""
 
     channel_id: str
     transport: str
     label: str | None = None
-    entry_id: int | None = None
+    entry_id: str | None = None
 
     def prefix(self) -> str:
-        """``[entry 12 ari 1732540000.7 pin] `` (parts not known yet are left out)."""
+        """``[entry 01a2...-7... ari 1732540000.7 pin] `` (parts not known yet are left out)."""
         parts = [f"entry {self.entry_id}"] if self.entry_id is not None else []
         parts += [self.transport, self.channel_id]
         if self.label:

@@ -15,7 +15,9 @@ Where each metric is observed (one place each):
   recogniser call; the recogniser's own counters are read at scrape time
   (:meth:`Metrics.watch_recognizer`);
 - database write latency and errors: the store's write transaction
-  (:class:`ari_app.store.repository.Store`).
+  (:class:`ari_app.store.repository.Store`);
+- the journal's backlog (read at scrape time), its replays and failures:
+  :class:`ari_app.journal.Journal`.
 """
 
 from __future__ import annotations
@@ -137,6 +139,31 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self._journal_records = Gauge(
+            f"{PREFIX}_journal_records",
+            "Records in the local journal not yet written to the database (journal depth).",
+            registry=registry,
+        )
+        self._journal_oldest = Gauge(
+            f"{PREFIX}_journal_oldest_unsent_seconds",
+            "Age of the oldest journal record not yet written to the database (0: none).",
+            registry=registry,
+        )
+        self._journal_replayed = Counter(
+            f"{PREFIX}_journal_replayed_entries_total",
+            "Entry outcomes written from the journal into the database (rate: replay rate).",
+            registry=registry,
+        )
+        self._journal_database_failures = Counter(
+            f"{PREFIX}_journal_database_failures_total",
+            "Attempts to write journal records into the database that failed (then retried).",
+            registry=registry,
+        )
+        self._journal_write_failures = Counter(
+            f"{PREFIX}_journal_write_failures_total",
+            "Records the local journal could not write (disk full or unwritable).",
+            registry=registry,
+        )
         # Every expected series exists from the start (at 0), so rate() and absent() queries
         # work before the first call.
         for transport in Transport:
@@ -212,6 +239,22 @@ class Metrics:
         finally:
             self._db_write.labels(operation).observe(time.perf_counter() - started)
 
+    # --- journal --------------------------------------------------------------------------
+
+    def watch_journal(self, read_backlog: Callable[[], JournalBacklogView]) -> None:
+        """Read the journal's depth and oldest record at each scrape."""
+        self._journal_records.set_function(lambda: read_backlog().records)
+        self._journal_oldest.set_function(lambda: read_backlog().oldest_age_s or 0.0)
+
+    def journal_replayed(self, entries: int) -> None:
+        self._journal_replayed.inc(entries)
+
+    def journal_database_failed(self) -> None:
+        self._journal_database_failures.inc()
+
+    def journal_write_failed(self) -> None:
+        self._journal_write_failures.inc()
+
     # --- exposition -----------------------------------------------------------------------
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
@@ -219,6 +262,13 @@ class Metrics:
         (Prometheus text format unless OpenMetrics is asked for)."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+
+class JournalBacklogView(Protocol):
+    @property
+    def records(self) -> int: ...
+    @property
+    def oldest_age_s(self) -> float | None: ...
 
 
 class RecognizerCounters(Protocol):

@@ -59,11 +59,13 @@ class CallPort(Protocol):
 
 
 class EntryStore(Protocol):
-    """Where an entry's row is written: when it starts, and when it ends."""
+    """Where an entry is recorded, under the key the session made (``start.entry_key``):
+    when it starts, and when it ends. Each returns once the record is durable; in the
+    service that is the local journal (:mod:`ari_app.journal`), not the central database."""
 
-    async def start_entry(self, start: EntryStart) -> int: ...
+    async def record_start(self, start: EntryStart) -> None: ...
 
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None: ...
+    async def record_outcome(self, entry_key: str, outcome: EntryOutcome) -> None: ...
 
 
 class Attachment(Protocol):

@@ -15,6 +15,7 @@ from ari_app.ari.app import AriApplication, SpeechResources
 from ari_app.hash_key import with_hash_key
 from ari_app.http import running_http_api
 from ari_app.http.media import media_routes
+from ari_app.journal import Journal
 from ari_app.logcontext import CONTEXT_FIELDS, CallContextFilter
 from ari_app.metrics import Metrics
 from ari_app.settings import Settings
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 async def running_service(
     settings: Settings, *, connect_timeout: float | None = None
 ) -> AsyncIterator[AriApplication]:
-    """Migrate, recover stale rows, run the ARI application; stop cleanly on exit.
+    """Migrate, replay the journal, recover stale rows, run the ARI application; stop
+    cleanly on exit.
 
     With ``connect_timeout`` the context waits until ARI is connected (tests, the demo).
     """
@@ -39,7 +41,20 @@ async def running_service(
     metrics = Metrics()
     store = Store.from_url(settings.database_url, metrics=metrics)
     speech: SpeechResources | None = None
+    journal: Journal | None = None
     try:
+        journal = await Journal.open(
+            settings.journal_path,
+            store,
+            metrics=metrics,
+            max_bytes=settings.journal_max_mb * 1024 * 1024,
+        )
+        # What a previous run journaled goes in before stale rows are marked: a row still
+        # in progress whose outcome waits in the journal is not stale.
+        replayed = await journal.replay()
+        if replayed:
+            log.warning("journal: replayed %d records a previous run left", replayed)
+        journal.start_draining()
         stale = await store.mark_stale_in_progress(before=datetime.now(UTC))
         if stale:
             log.warning(
@@ -50,7 +65,8 @@ async def running_service(
             recognizer = speech.recognizer
             metrics.watch_recognizer(lambda: recognizer.stats)
         prompts = text_prompts(settings)
-        app = AriApplication(settings, store, speech=speech, metrics=metrics, prompts=prompts)
+        # Sessions record into the journal: the hand-back never waits for the database.
+        app = AriApplication(settings, journal, speech=speech, metrics=metrics, prompts=prompts)
         async with contextlib.AsyncExitStack() as services:
             services.push_async_callback(prompts.close)  # runs last: renders outlive calls
             http = await services.enter_async_context(
@@ -61,6 +77,7 @@ async def running_service(
                     token=settings.api_token,
                     metrics=metrics,
                     ari_connected=app.connected.is_set,
+                    journal_backlog=journal.backlog,
                     open_routes=media_routes(prompts.cache.directory),
                 )
             )
@@ -76,7 +93,7 @@ async def running_service(
             await services.enter_async_context(
                 running_agi_server(
                     settings,
-                    store,
+                    journal,
                     hash_key=settings.hash_key,
                     on_session=app.tap_speech,
                     metrics=metrics,
@@ -95,6 +112,8 @@ async def running_service(
         if speech is not None:
             speech.receiver.close()
             await speech.recognizer.close()
+        if journal is not None:
+            await journal.close()
         await store.close()
 
 

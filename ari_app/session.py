@@ -38,7 +38,7 @@ def handback_variables(
     *,
     user_input: str = "",
     confirmed: Confirmed = Confirmed.NOT_ASKED,
-    entry_id: int | None = None,
+    entry_key: str | None = None,
     error: str | None = None,
 ) -> dict[str, str]:
     """The channel variables the dialplan reads after ``Stasis()`` or ``AGI()``."""
@@ -46,7 +46,7 @@ def handback_variables(
         "DIGITS": user_input,
         "DIGITS_STATUS": status.value,
         "DIGITS_CONFIRMED": confirmed.value,
-        "DIGITS_ID": "" if entry_id is None else str(entry_id),
+        "DIGITS_ID": entry_key or "",
     }
     if error:
         variables["DIGITS_ERROR"] = error
@@ -161,7 +161,7 @@ class Sessions:
             result.status,
             user_input=result.user_input,
             confirmed=result.confirmed,
-            entry_id=session.entry_id,
+            entry_key=session.entry_key if session.recorded else None,
             error=result.error,
         )
         await hand_back(session.port, variables, channel_id=session.info.channel_id)

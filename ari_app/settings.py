@@ -10,6 +10,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///ari-digits.sqlite3"
 # Next to the default SQLite database: where serve keeps the key it generates when
 # DIGITS_HASH_KEY is unset (see ari_app.hash_key).
 DEFAULT_HASH_KEY_FILE = "ari-digits.hash-key"
+DEFAULT_JOURNAL_PATH = "var/journal.sqlite3"
 
 
 class SettingsError(ValueError):
@@ -23,6 +24,11 @@ class Settings:
     ari_password: str = ""
     ari_app: str = "digits"
     database_url: str = DEFAULT_DATABASE_URL
+    # The local journal (ari_app.journal): on the app's own disk, never on a network share.
+    journal_path: str = DEFAULT_JOURNAL_PATH
+    # Cap on the journal's size, so an outage cannot fill the disk: past it, new entries end
+    # with status error (the calls still go back to the dialplan).
+    journal_max_mb: int = 1024
     # Key for the HMAC of sensitive digits, so stored hashes cannot be brute-forced offline.
     hash_key: str = ""
     hash_key_file: str = DEFAULT_HASH_KEY_FILE
@@ -97,6 +103,12 @@ class Settings:
             raise SettingsError("TTS_RATE must be a whole number of words per minute") from None
         if not 80 <= tts_rate <= 450:
             raise SettingsError(f"TTS_RATE must be between 80 and 450, got {tts_rate}")
+        try:
+            journal_max_mb = int(text("JOURNAL_MAX_MB", str(defaults.journal_max_mb)))
+        except ValueError:
+            raise SettingsError("JOURNAL_MAX_MB must be a whole number of megabytes") from None
+        if journal_max_mb < 1:
+            raise SettingsError("JOURNAL_MAX_MB must be at least 1")
         media_url = text("MEDIA_BASE_URL", "")
         if media_url and not media_url.startswith(("http://", "https://")):
             raise SettingsError(
@@ -124,6 +136,8 @@ class Settings:
             ari_password=env.get("ARI_PASSWORD", ""),
             ari_app=text("ARI_APP", defaults.ari_app),
             database_url=text("DATABASE_URL", defaults.database_url),
+            journal_path=os.path.expanduser(text("JOURNAL_PATH", defaults.journal_path)),
+            journal_max_mb=journal_max_mb,
             hash_key=env.get("DIGITS_HASH_KEY", ""),
             hash_key_file=os.path.expanduser(text("DIGITS_HASH_KEY_FILE", DEFAULT_HASH_KEY_FILE)),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),

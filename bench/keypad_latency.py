@@ -39,16 +39,16 @@ class TimedStore:
 
     def __init__(self, store: Store, expected: int) -> None:
         self.store = store
-        self.committed_at: dict[int, float] = {}
+        self.committed_at: dict[str, float] = {}
         self.expected = expected
         self.all_committed = asyncio.Event()
 
-    async def start_entry(self, start: EntryStart) -> int:
-        return await self.store.start_entry(start)
+    async def record_start(self, start: EntryStart) -> None:
+        await self.store.record_start(start)
 
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
-        await self.store.finish_entry(entry_id, outcome)
-        self.committed_at[entry_id] = time.time()
+    async def record_outcome(self, entry_key: str, outcome: EntryOutcome) -> None:
+        await self.store.record_outcome(entry_key, outcome)
+        self.committed_at[entry_key] = time.time()
         if len(self.committed_at) >= self.expected:
             self.all_committed.set()
 
@@ -110,11 +110,11 @@ async def run_round(
         delivery: list[float] = []
         correct = 0
         for call, digits, result in zip(placed, keyed, results, strict=True):
-            entry = await store.store.get_entry(int(result.entry_id))
+            entry = await store.store.get_entry_by_key(result.entry_id)
             if entry and entry.status == "completed" and entry.user_input == digits:
                 correct += 1
             key_at = app.last_key_at.get(call.channel_id)
-            committed = store.committed_at.get(int(result.entry_id))
+            committed = store.committed_at.get(result.entry_id)
             received = app.last_key_received_at.get(call.channel_id)
             if key_at is not None and committed is not None and received is not None:
                 latencies.append((committed - key_at) * 1000)

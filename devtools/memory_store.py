@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
-
 from ari_app.store.records import EntryOutcome, EntryStart
 
 
 class MemoryStore:
-    """Entries by id, as the session wrote them."""
+    """Entries by key, as the session recorded them."""
 
     def __init__(self) -> None:
-        self.starts: dict[int, EntryStart] = {}
-        self.outcomes: dict[int, EntryOutcome] = {}
-        self._ids = itertools.count(1)
+        self.starts: dict[str, EntryStart] = {}
+        self.outcomes: dict[str, EntryOutcome] = {}
 
-    async def start_entry(self, start: EntryStart) -> int:
-        entry_id = next(self._ids)
-        self.starts[entry_id] = start
-        return entry_id
+    async def record_start(self, start: EntryStart) -> None:
+        if start.entry_key is None:
+            raise ValueError("the session makes every entry's key")
+        self.starts[start.entry_key] = start
 
-    async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
-        self.outcomes[entry_id] = outcome
+    async def record_outcome(self, entry_key: str, outcome: EntryOutcome) -> None:
+        self.outcomes[entry_key] = outcome
 
     def by_channel(self, channel_id: str) -> tuple[EntryStart, EntryOutcome | None]:
-        for entry_id, start in self.starts.items():
+        for entry_key, start in self.starts.items():
             if start.channel_id == channel_id:
-                return start, self.outcomes.get(entry_id)
+                return start, self.outcomes.get(entry_key)
         raise KeyError(channel_id)

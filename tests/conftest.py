@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ def service_settings(
         ari_user=asterisk.ari_user,
         ari_password=asterisk.ari_password,
         database_url=database_url,
+        # A journal of its own (a shared one would replay one test's entries into the next).
+        journal_path=str(Path(tempfile.mkdtemp(prefix="ari-digits-journal-")) / "journal.sqlite3"),
         hash_key="test-hash-key",
         reconnect_max_delay=1.0,
     )

@@ -77,7 +77,7 @@ async def test_keypad_entry_over_agi_completes_on_the_last_digit(agi_service: Ag
     assert await agi_service.agi_status(call) == "SUCCESS"  # the dialplan went on after AGI()
 
     entry = await stored_entry(agi_service.store, call.channel_id)
-    assert str(entry.id) == result.entry_id
+    assert entry.entry_key == result.entry_id
     assert entry.status == "completed"
     assert entry.user_input == "1234"
     assert entry.terminated_by == "max_digits"
@@ -177,7 +177,7 @@ async def test_bad_parameters_end_with_error_and_the_dialplan_continues(
     assert entry.status == "error"
     assert entry.transport == "agi"
     assert entry.error is not None and "num_digits" in entry.error
-    assert str(entry.id) == result.entry_id
+    assert entry.entry_key == result.entry_id
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from ari_app.agi.port import agi_media, agi_quote
 from ari_app.agi.server import query_arguments
 from ari_app.call import CallSession
 from ari_app.engine import Action, Event
+from ari_app.entry_key import is_entry_key
 from ari_app.media import media_item
 from ari_app.settings import parse_agi_port
 from ari_app.store.records import EntryOutcome, EntryStart
@@ -83,12 +84,14 @@ async def test_keypad_entry_completes_on_the_last_digit(
     transcript = await caller.answer_all("1234", keys_after=0.1)
     assert transcript.commands[:2] == ["ANSWER", 'STREAM FILE beep "0123456789*#ABCD"']
     assert all(c == "WAIT FOR DIGIT 20" for c in transcript.commands[2:-4])
+    [entry_key] = agi.store.starts
     assert transcript.commands[-4:] == [
         'SET VARIABLE DIGITS "1234"',
         'SET VARIABLE DIGITS_STATUS "completed"',
         'SET VARIABLE DIGITS_CONFIRMED "not_asked"',
-        'SET VARIABLE DIGITS_ID "1"',
+        f'SET VARIABLE DIGITS_ID "{entry_key}"',
     ]
+    assert is_entry_key(entry_key)
     assert transcript.closed_by_server
 
     start, outcome = agi.store.by_channel("1795600000.42")
@@ -325,7 +328,7 @@ async def test_bad_parameters_end_with_error_and_the_dialplan_continues(agi: Agi
     assert "ANSWER" not in transcript.commands
     assert transcript.variables["DIGITS_STATUS"] == "error"
     assert transcript.variables["DIGITS_ERROR"] == "num_digits must be between 1 and 64, got 0"
-    assert transcript.variables["DIGITS_ID"] == "1"
+    assert transcript.variables["DIGITS_ID"] == next(iter(agi.store.starts))
     assert transcript.closed_by_server  # AGI() returns: the dialplan goes on
     start, outcome = await agi.outcome("c-bad")
     assert outcome is not None and outcome.status == "error"

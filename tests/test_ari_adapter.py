@@ -211,7 +211,7 @@ async def test_channel_gone_while_playing_ends_as_hangup_without_returning() -> 
     app = RoutingApp(store, {"c": port})
     app.dispatch(with_channel(STASIS_START, "c"))
     await app.wait_idle(within=1)
-    assert store.outcomes[1].status == "hangup"
+    assert store.by_channel("c")[1].status == "hangup"
     assert not any(name in ("set", "release") for name, _ in port.calls)
 
 
@@ -221,15 +221,17 @@ async def test_transport_error_ends_as_interrupted(caplog: pytest.LogCaptureFixt
     app = RoutingApp(store, {"c": ScriptedPort(fail_with=TransportError("connection reset"))})
     app.dispatch(with_channel(STASIS_START, "c"))
     await app.wait_idle(within=1)
-    assert store.outcomes[1].status == "interrupted"
+    assert store.by_channel("c")[1].status == "interrupted"
     assert "lost Asterisk" in caplog.text
 
 
-async def test_a_failing_store_still_returns_the_call_to_the_dialplan(
+async def test_a_failing_store_still_returns_the_call_to_the_dialplan_as_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """An entry that could not be recorded must not reach the dialplan as a success."""
+
     class BrokenStore(MemoryStore):
-        async def start_entry(self, start: EntryStart) -> int:
+        async def record_start(self, start: EntryStart) -> None:
             raise OSError("disk full")
 
     port = ScriptedPort()
@@ -241,9 +243,10 @@ async def test_a_failing_store_still_returns_the_call_to_the_dialplan(
     variables = next(value for name, value in port.calls if name == "set")
     assert variables == {
         "DIGITS": "1234",
-        "DIGITS_STATUS": "completed",
+        "DIGITS_STATUS": "error",
         "DIGITS_CONFIRMED": "not_asked",
         "DIGITS_ID": "",
+        "DIGITS_ERROR": "the entry could not be recorded",
     }
     assert port.calls[-1] == ("release", None)
     assert "could not store the entry's start" in caplog.text
@@ -259,8 +262,8 @@ async def test_bad_arguments_set_the_error_variables() -> None:
     assert isinstance(variables, dict)
     assert variables["DIGITS_STATUS"] == "error"
     assert "max_digits must be between 1 and 64" in variables["DIGITS_ERROR"]
-    assert store.outcomes[1].status == "error"
-    assert store.starts[1].parameters == {"arguments": ["max_digits=10000"]}
+    assert store.by_channel("c")[1].status == "error"
+    assert store.by_channel("c")[0].parameters == {"arguments": ["max_digits=10000"]}
 
 
 class ReconnectingClient:

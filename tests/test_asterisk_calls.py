@@ -31,7 +31,7 @@ async def test_keypad_entry_completes_on_the_last_digit(service: Service) -> Non
     assert (result.status, result.digits, result.confirmed) == ("completed", "1234", "not_asked")
 
     entry = await stored_entry(service.store, call.channel_id)
-    assert str(entry.id) == result.entry_id
+    assert entry.entry_key == result.entry_id
     assert entry.status == "completed"
     assert entry.user_input == "1234"
     assert entry.terminated_by == "max_digits"
@@ -136,7 +136,7 @@ async def test_bad_stasis_argument_ends_with_error_and_the_call_continues(servic
     entry = await stored_entry(service.store, call.channel_id)
     assert entry.status == "error"
     assert entry.error is not None and "num_digits" in entry.error
-    assert str(entry.id) == result.entry_id
+    assert entry.entry_key == result.entry_id
 
 
 async def test_two_concurrent_calls_do_not_mix_digits(service: Service) -> None:
@@ -159,7 +159,7 @@ async def test_channel_variables_are_visible_to_the_dialplan(service: Service) -
     assert result.status == "completed"
     assert result.digits == "98"
     assert result.confirmed == "not_asked"
-    assert result.entry_id == str(entry.id)
+    assert result.entry_id == entry.entry_key
 
 
 async def test_sensitive_digits_are_masked_in_storage_and_logs(

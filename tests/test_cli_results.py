@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ari_app.cli_results import add_results_commands, run_results_command
+from ari_app.entry_key import new_entry_key
 from ari_app.store import Store
 from tests.entries_seed import (
     REJECTED_REASON,
@@ -194,6 +195,18 @@ async def test_show_spoken_entry(migrated_db_url: str, ids: list[int]) -> None:
         *[("digit", c, None) for c in VOICE_CONFIDENCES[:3]],
         ("confirmation", None, None),
     ]
+
+
+async def test_show_by_key(migrated_db_url: str, ids: list[int]) -> None:
+    async with Store.from_url(migrated_db_url) as store:
+        entry = await store.get_entry(ids[0])
+    assert entry is not None and entry.entry_key is not None
+    by_key = await run(migrated_db_url, "show", entry.entry_key.upper())
+    assert by_key == await run(migrated_db_url, "show", str(ids[0]))
+    assert by_key[0] == 0
+    missing = new_entry_key()
+    code, _, err = await run(migrated_db_url, "show", missing)
+    assert (code, err) == (1, f"ari-digits: no entry with id {missing}\n")
 
 
 async def test_show_missing(migrated_db_url: str, ids: list[int]) -> None:

@@ -114,7 +114,7 @@ async def test_everything_passes_while_serve_runs(service: Service) -> None:
     assert exit_status(results) == 0
     names = [r.name for r in results]
     assert names[0] == "ari"
-    assert names[-8:] == ["sounds", "rtp-probe", "database", *SECURITY_CHECKS]
+    assert names[-9:] == ["sounds", "rtp-probe", "database", "journal", *SECURITY_CHECKS]
     assert {f"module {r.label}" for r in required_modules(settings)} <= set(names)
     named = by_name(results)
     assert "'digits' is registered" in named["stasis-app"].detail
@@ -455,6 +455,7 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
     monkeypatch.setenv("ARI_URL", f"http://127.0.0.1:{free_tcp_port()}/")
     monkeypatch.setenv("DATABASE_URL", database)
     monkeypatch.setenv("DIGITS_HASH_KEY_FILE", str(tmp_path / "hash.key"))
+    monkeypatch.setenv("JOURNAL_PATH", str(tmp_path / "journal.sqlite3"))
     for name in ("ARI_PASSWORD", "DIGITS_HASH_KEY", "API_HOST", "API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
@@ -466,13 +467,14 @@ def test_the_cli_prints_a_line_per_check_and_exits_1_on_a_fail(
         ["FAIL", "ari"],
         *(["SKIP", name] for name in ARI_CHECKS),
         ["PASS", "database"],
+        ["PASS", "journal"],
         ["PASS", "hash-key"],
         ["WARN", "ari-password"],  # ARI_PASSWORD is unset
         ["PASS", "ari-transport"],
         ["PASS", "api-transport"],
         ["WARN", "api-token"],
     ]
-    assert lines[-1] == "doctor: 4 pass, 2 warn, 4 skip, 1 fail"
+    assert lines[-1] == "doctor: 5 pass, 2 warn, 4 skip, 1 fail"
 
 
 # --- text prompts --------------------------------------------------------------------------------

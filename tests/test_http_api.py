@@ -21,6 +21,7 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from yarl import URL
 
+from ari_app.entry_key import new_entry_key
 from ari_app.http import api as http_api
 from ari_app.http import make_api_app, openapi_document, running_http_api
 from ari_app.http.api import API_DISABLED, LIST_PARAMETERS, STATS_PARAMETERS, ApiServer
@@ -268,8 +269,11 @@ async def test_entry_json(api: Api) -> None:
     status, body, _ = await api.get("/api/entries", {"channel": channel_id(0)})
     assert status == 200
     [entry] = body["entries"]
+    stored = await api.store.get_entry(api.ids[0])
+    assert stored is not None and stored.entry_key is not None
     assert entry == {
         "id": api.ids[0],
+        "entry_key": stored.entry_key,
         "started_at": "2024-05-17T12:00:00Z",
         "ended_at": "2024-05-17T12:00:09Z",
         "status": "completed",
@@ -409,6 +413,22 @@ async def test_in_progress_entry(api: Api) -> None:
     check_schema("EntryDetail", body)
     assert body["status"] == "in_progress"
     assert body["ended_at"] is None and body["digits"] is None and body["events"] == []
+
+
+async def test_an_entry_is_found_by_its_key_as_well(api: Api) -> None:
+    """DIGITS_ID is the entry's key: what the dialplan got finds the entry."""
+    entry = await api.store.get_entry(api.ids[0])
+    assert entry is not None and entry.entry_key is not None
+    status, by_key, _ = await api.get(f"/api/entries/{entry.entry_key}")
+    assert status == 200
+    check_schema("EntryDetail", by_key)
+    _, by_id, _ = await api.get(f"/api/entries/{api.ids[0]}")
+    assert by_key == by_id
+    assert by_key["entry_key"] == entry.entry_key
+    status, body, _ = await api.get(f"/api/entries/{new_entry_key()}")
+    assert (status, body["parameter"]) == (404, "id")
+    status, body, _ = await api.get("/api/entries/not-a-key")
+    assert (status, body["parameter"]) == (400, "id")
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,8 @@ async def test_an_ari_call_logs_with_its_context(
     service_log: tuple[str, io.StringIO],
 ) -> None:
     mode, buffer = service_log
-    app = AriApplication(Settings(hash_key="k", speech=False), MemoryStore())
+    store = MemoryStore()
+    app = AriApplication(Settings(hash_key="k", speech=False), store)
     app.client = AlwaysAnsweringAri()  # type: ignore[assignment]
     start = copy.deepcopy(STASIS_START)
     start["args"] = ["num_digits=6", "label=pin", "sensitive=yes", QUICK]
@@ -121,6 +122,7 @@ async def test_an_ari_call_logs_with_its_context(
     log.info("after dispatch")
     await app.wait_idle(within=5)
 
+    [entry_key] = store.starts
     output = buffer.getvalue()
     assert SECRET not in output
     result_line = next(line for line in output.splitlines() if "entry completed" in line)
@@ -129,23 +131,25 @@ async def test_an_ari_call_logs_with_its_context(
     if mode == "json":
         fields = json.loads(result_line)
         assert (fields["entry_id"], fields["channel_id"], fields["transport"], fields["label"]) == (
-            1,
+            entry_key,
             channel_id,
             "ari",
             "pin",
         )
         assert "channel_id" not in json.loads(after_dispatch)
     else:
-        assert f": [entry 1 ari {channel_id} pin] channel {channel_id}: entry completed" in (
-            result_line
+        assert (
+            f": [entry {entry_key} ari {channel_id} pin] channel {channel_id}: entry completed"
+            in (result_line)
         )
         assert "tests.test_logging: after dispatch" in after_dispatch
 
 
 async def test_an_agi_call_logs_with_its_context(service_log: tuple[str, io.StringIO]) -> None:
     mode, buffer = service_log
+    store = MemoryStore()
     async with running_agi_server(
-        AgiConfig(agi_port=0), MemoryStore(), hash_key="k", poll_interval=0.02
+        AgiConfig(agi_port=0), store, hash_key="k", poll_interval=0.02
     ) as server:
         assert server.address is not None
         caller = FakeAsterisk(*server.address)
@@ -161,6 +165,8 @@ async def test_an_agi_call_logs_with_its_context(service_log: tuple[str, io.Stri
             await caller.close()
         await server.wait_idle(5)
     assert transcript.variables["DIGITS"] == SECRET  # the dialplan gets them; the log must not
+    [entry_key] = store.starts
+    assert transcript.variables["DIGITS_ID"] == entry_key
 
     output = buffer.getvalue()
     assert SECRET not in output
@@ -169,9 +175,12 @@ async def test_an_agi_call_logs_with_its_context(service_log: tuple[str, io.Stri
         call_lines = [f for f in json_lines(buffer) if f.get("channel_id") == "1795600000.99"]
         assert any("entry completed" in f["message"] for f in call_lines)
         assert {(f["transport"], f["label"]) for f in call_lines} == {("agi", "pin")}
-        assert {f.get("entry_id") for f in call_lines} <= {None, 1}
+        assert {f.get("entry_id") for f in call_lines} <= {None, entry_key}
     else:
-        assert "[entry 1 agi 1795600000.99 pin] channel 1795600000.99: entry completed" in output
+        assert (
+            f"[entry {entry_key} agi 1795600000.99 pin] channel 1795600000.99: entry completed"
+            in output
+        )
 
 
 @pytest.mark.asterisk
@@ -189,6 +198,6 @@ async def test_a_real_sensitive_call_logs_json_with_its_context_and_no_digits(
     assert SECRET not in buffer.getvalue()
     call_lines = [f for f in json_lines(buffer) if f.get("channel_id") == call.channel_id]
     [finished] = [f for f in call_lines if "entry completed" in f["message"]]
-    assert finished["entry_id"] == int(result.entry_id)
+    assert finished["entry_id"] == result.entry_id
     assert (finished["transport"], finished["label"]) == ("ari", "pin")
     assert "digits=****73" in finished["message"]

@@ -437,6 +437,7 @@ async def test_the_service_serves_health_metrics_and_readiness_without_ari_or_to
         speech=True,
         ari_url=f"http://127.0.0.1:{free_tcp_port()}/",
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'service.sqlite3'}",
+        journal_path=str(tmp_path / "journal.sqlite3"),
         api_port=free_tcp_port(),
         reconnect_max_delay=1.0,
     )
@@ -471,7 +472,8 @@ async def test_a_real_keyed_call_shows_in_the_scraped_metrics(service: Service) 
         http = Http(session)
         status, text, _ = await http.get("/readyz")
         assert status == 200, text
-        assert json.loads(text)["checks"] == {"ari": "ok", "database": "ok"}
+        assert json.loads(text)["checks"] == {"ari": "ok", "database": "ok", "journal": "ok"}
+        assert json.loads(text)["journal"] == {"backlog": 0, "oldest_unsent_s": None}
         before = scraped((await http.get("/metrics"))[1])
         assert scraped_value(before, "ari_digits_ari_connected") == 1
 
@@ -481,8 +483,14 @@ async def test_a_real_keyed_call_shows_in_the_scraped_metrics(service: Service) 
         result = await service.callers.dialplan_result(call)
         assert (result.status, result.digits) == ("completed", "2468")
         await service.app.wait_idle(within=5)
-
-        after = scraped((await http.get("/metrics"))[1])
+        # The hand-back waited for the local journal only: the database's writes follow.
+        async with asyncio.timeout(10):
+            while True:
+                after = scraped((await http.get("/metrics"))[1])
+                replayed = "ari_digits_journal_replayed_entries_total"
+                if scraped_value(after, replayed) > scraped_value(before, replayed):
+                    break
+                await asyncio.sleep(0.05)
 
     def moved(name: str, **labels: str) -> float:
         return scraped_value(after, name, **labels) - scraped_value(before, name, **labels)

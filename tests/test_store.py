@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Table, delete, func, select, text
 
+from ari_app.entry_key import is_entry_key, new_entry_key
 from ari_app.store import (
     EntryAlreadyFinishedError,
     EntryNotFoundError,
@@ -120,7 +121,10 @@ async def count_rows(store: Store, table: Table) -> int:
 
 async def test_round_trip(store: Store) -> None:
     # Non-UTC but aware start time: stored and returned as the same instant, in UTC.
-    start = make_start(started_at=T0.astimezone(timezone(timedelta(hours=2))))
+    start = dataclasses.replace(
+        make_start(started_at=T0.astimezone(timezone(timedelta(hours=2)))),
+        entry_key=new_entry_key(),
+    )
     entry_id = await store.start_entry(start)
     assert isinstance(entry_id, int)
 
@@ -146,6 +150,7 @@ async def test_round_trip(store: Store) -> None:
         error=None,
         ended_at=None,
         events=(),
+        entry_key=start.entry_key,
     )
     assert in_progress.started_at.tzinfo is UTC
 
@@ -167,6 +172,37 @@ async def test_round_trip(store: Store) -> None:
     assert got.events == EVENTS  # same order, every field preserved
     assert [e.confidence for e in got.events if e.confidence is not None] == [0.93, 1.0]
     assert [e.rejected for e in got.events if e.rejected] == ["not_digits", "no_speech"]
+
+
+async def test_a_start_replayed_under_its_key_finds_its_row(store: Store) -> None:
+    """The journal's drain may store a start twice (a crash between the database's commit
+    and the journal's delete): one row, one id."""
+    start = dataclasses.replace(make_start(), entry_key=new_entry_key())
+    first = await store.start_entry(start)
+    again = await store.start_entry(start)
+    assert again == first
+    assert await count_rows(store, entries_table) == 1
+    other = await store.start_entry(dataclasses.replace(start, entry_key=new_entry_key()))
+    assert other != first
+
+
+async def test_entries_are_found_and_finished_by_their_key(store: Store) -> None:
+    key = new_entry_key()
+    await store.record_start(dataclasses.replace(make_start(), entry_key=key))
+    await store.record_outcome(key, make_outcome())
+    entry = await store.get_entry_by_key(key)
+    assert entry is not None
+    assert (entry.entry_key, entry.status, entry.events) == (key, "completed", EVENTS)
+    assert await store.get_entry_by_key(new_entry_key()) is None
+    with pytest.raises(EntryNotFoundError):
+        await store.record_outcome(new_entry_key(), make_outcome())
+
+
+async def test_a_start_without_a_key_gets_one(store: Store) -> None:
+    entry_id = await store.start_entry(make_start())
+    entry = await store.get_entry(entry_id)
+    assert entry is not None and entry.entry_key is not None
+    assert is_entry_key(entry.entry_key)
 
 
 async def test_get_missing_entry_returns_none(store: Store) -> None:

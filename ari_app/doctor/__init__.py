@@ -2,8 +2,9 @@
 
 One module per check, each a small coroutine (or a pure function over what ARI answered)
 returning a :class:`~ari_app.doctor.report.CheckResult`: :mod:`.ari`, :mod:`.modules`,
-:mod:`.stasis_app`, :mod:`.sounds`, :mod:`.rtp_probe`, :mod:`.database`, :mod:`.text_engine`,
-and last the safe-defaults checks of :mod:`.security` (hash key, ARI password, TLS, API token).
+:mod:`.stasis_app`, :mod:`.sounds`, :mod:`.rtp_probe`, :mod:`.database`, :mod:`.journal`,
+:mod:`.text_engine`, and last the safe-defaults checks of :mod:`.security` (hash key, ARI
+password, TLS, API token).
 ARI is reached through the product's own client (:mod:`ari_app.ari.client`).
 :func:`~ari_app.doctor.run.run_checks` runs them in order and the command prints one line per
 check as it completes. Checks that need ARI are skipped, not failed, when ARI itself is

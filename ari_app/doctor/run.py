@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from ari_app.ari.client import AriClient
 from ari_app.doctor.ari import check_ari
 from ari_app.doctor.database import check_database
+from ari_app.doctor.journal import check_journal
 from ari_app.doctor.modules import SPEECH_MODULES, check_modules, fetch_modules, required_modules
 from ari_app.doctor.report import CheckResult, Status, exit_status, summary
 from ari_app.doctor.rtp_probe import probe_rtp
@@ -49,6 +50,7 @@ async def run_checks(
     finally:
         await client.close()
     report(await check_database(settings.database_url))
+    report(await check_journal(settings.journal_path))
     if has_text(prompts):
         report(await check_text_engine(settings))
     for result in await check_security(settings):

@@ -4,7 +4,7 @@ Routes (see :func:`ari_app.http.schema.openapi_document` for the full contract):
 
 - ``GET /api/entries``: filters ``from``, ``to``, ``status``, ``label``, ``caller_number``,
   ``channel``, ``transport``, ``confirmed``; ``limit`` (1-500, default 50) and ``cursor``.
-- ``GET /api/entries/{id}``: one entry with its events.
+- ``GET /api/entries/{id}``: one entry with its events, by id or by key (``DIGITS_ID``).
 - ``GET /api/stats``: aggregates over ``[from, to)``.
 - Open routes (no token): ``GET /healthz`` (the process answers), ``GET /readyz`` (200 when
   ARI is connected and the database answers ``SELECT 1``; otherwise 503 naming what is not
@@ -35,6 +35,8 @@ from typing import Final
 from aiohttp import web
 from multidict import MultiMapping
 
+from ari_app.entry_key import is_entry_key
+from ari_app.journal import JournalBacklog
 from ari_app.metrics import Metrics
 from ari_app.store.queries import (
     DEFAULT_PAGE_SIZE,
@@ -98,6 +100,8 @@ class ApiConfig:
     # Whether the ARI application is connected; None: this server runs no ARI application,
     # so readiness is the database alone.
     ari_connected: Callable[[], bool] | None = None
+    # The local journal's backlog; None: no journal (the database alone answers readiness).
+    journal_backlog: Callable[[], JournalBacklog] | None = None
 
 
 STORE: Final = web.AppKey("store", Store)
@@ -230,12 +234,18 @@ async def handle_list(request: web.Request) -> web.Response:
 async def handle_entry(request: web.Request) -> web.Response:
     _check_known(request.query, ())
     raw = request.match_info["id"]
-    if not _DIGITS.fullmatch(raw):
-        raise QueryError("id", f"must be a positive integer; got {raw[:64]!r}")
-    entry_id = int(raw)
-    entry = await get_entry(request.app[STORE], entry_id) if entry_id <= MAX_ENTRY_ID else None
+    store = request.app[STORE]
+    if is_entry_key(raw):
+        entry = await store.get_entry_by_key(raw)
+    elif _DIGITS.fullmatch(raw):
+        entry_id = int(raw)
+        entry = await get_entry(store, entry_id) if entry_id <= MAX_ENTRY_ID else None
+    else:
+        raise QueryError(
+            "id", f"must be a positive integer or an entry key (DIGITS_ID); got {raw[:64]!r}"
+        )
     if entry is None:
-        return error_response(404, f"no entry with id {entry_id}", parameter="id")
+        return error_response(404, f"no entry with id {raw}", parameter="id")
     return web.json_response(entry_json(entry, with_events=True))
 
 
@@ -275,14 +285,33 @@ async def _database_state(store: Store) -> str:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
+    config = request.app[API_CONFIG]
     checks: dict[str, str] = {}
-    ari_connected = request.app[API_CONFIG].ari_connected
-    if ari_connected is not None:
-        checks["ari"] = "ok" if ari_connected() else "not connected"
+    if config.ari_connected is not None:
+        checks["ari"] = "ok" if config.ari_connected() else "not connected"
     checks["database"] = await _database_state(request.app[STORE])
-    not_ready = sorted(name for name, state in checks.items() if state != "ok")
+    body: dict[str, object] = {}
+    if config.journal_backlog is not None:
+        backlog = config.journal_backlog()
+        # The journal absorbs a database outage: entries are still taken and kept, so the
+        # service stays ready, saying so. A journal that cannot write is not ready.
+        if checks["database"] != "ok" and not backlog.journal_failing:
+            checks["database"] = "degraded"
+        checks["journal"] = "failing" if backlog.journal_failing else "ok"
+        body["journal"] = {
+            "backlog": backlog.records,
+            "oldest_unsent_s": (
+                None if backlog.oldest_age_s is None else round(backlog.oldest_age_s, 3)
+            ),
+        }
+    not_ready = sorted(name for name, state in checks.items() if state not in ("ok", "degraded"))
     return web.json_response(
-        {"status": "not_ready" if not_ready else "ready", "checks": checks, "not_ready": not_ready},
+        {
+            "status": "not_ready" if not_ready else "ready",
+            "checks": checks,
+            "not_ready": not_ready,
+            **body,
+        },
         status=503 if not_ready else 200,
     )
 
@@ -298,16 +327,20 @@ def make_api_app(
     token: str,
     metrics: Metrics | None = None,
     ari_connected: Callable[[], bool] | None = None,
+    journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> web.Application:
     """The HTTP server as an aiohttp application over ``store`` (which the caller opens and
     closes, after the application has stopped). ``token`` empty: /api disabled (503).
     ``metrics``: what ``/metrics`` exposes (none: an instance of its own, all zero).
     ``ari_connected``: for ``/readyz``; None when no ARI application runs beside it.
+    ``journal_backlog``: for ``/readyz``: the database may be down while the journal holds.
     ``open_routes``: further routes served without the token."""
     app = web.Application(middlewares=[json_errors, bearer_auth])
     app[STORE] = store
-    app[API_CONFIG] = ApiConfig(token=token, ari_connected=ari_connected)
+    app[API_CONFIG] = ApiConfig(
+        token=token, ari_connected=ari_connected, journal_backlog=journal_backlog
+    )
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[OPEN_PATHS] = set()
     app.router.add_get("/api/entries", handle_list)
@@ -349,6 +382,7 @@ async def running_http_api(
     token: str,
     metrics: Metrics | None = None,
     ari_connected: Callable[[], bool] | None = None,
+    journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> AsyncIterator[ApiServer]:
     """Serve :func:`make_api_app` on ``host:port`` (port 0: any free port) until the context
@@ -358,7 +392,12 @@ async def running_http_api(
     then the application is cleaned up; close ``store`` only after that.
     """
     app = make_api_app(
-        store, token=token, metrics=metrics, ari_connected=ari_connected, open_routes=open_routes
+        store,
+        token=token,
+        metrics=metrics,
+        ari_connected=ari_connected,
+        journal_backlog=journal_backlog,
+        open_routes=open_routes,
     )
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()

@@ -82,6 +82,7 @@ def entry_json(entry: StoredEntry, *, with_events: bool = False) -> dict[str, ob
         digits = mask_digits(digits)
     body: dict[str, object] = {
         "id": entry.id,
+        "entry_key": entry.entry_key,
         "started_at": isoformat(entry.started_at),
         "ended_at": _optional_time(entry.ended_at),
         "status": entry.status,
@@ -173,6 +174,12 @@ _EVENT_SCHEMA: Final[dict[str, Any]] = {
 
 _ENTRY_PROPERTIES: Final[dict[str, Any]] = {
     "id": {"type": "integer", "minimum": 1},
+    "entry_key": {
+        "type": ["string", "null"],
+        "format": "uuid",
+        "description": "the UUIDv7 the dialplan got as DIGITS_ID; null on entries stored "
+        "before the journal existed",
+    },
     "started_at": {**_TIME, "description": "UTC"},
     "ended_at": {**_NULLABLE_TIME, "description": "UTC; null while in progress"},
     "status": {"type": "string", "enum": sorted(ENTRY_STATUSES)},
@@ -349,8 +356,13 @@ def _build_openapi() -> dict[str, Any]:
         "name": "id",
         "in": "path",
         "required": True,
-        "description": "the entry id",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "description": "the entry id, or its key (DIGITS_ID, a UUIDv7)",
+        "schema": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                {"type": "string", "format": "uuid"},
+            ]
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -439,7 +451,8 @@ def _build_openapi() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "getReadiness",
-                    "summary": "Ready to take calls: ARI connected and the database answering "
+                    "summary": "Ready to take calls: ARI connected and entries recorded (the "
+                    "journal writable; a database outage it absorbs is `degraded`, still ready) "
                     "(no token needed)",
                     "security": [],
                     "responses": {
@@ -504,15 +517,29 @@ def _build_openapi() -> dict[str, Any]:
                         "checks": {
                             "type": "object",
                             "description": "each check's state: `ok`, or why not (`ari`: "
-                            "`not connected`; `database`: `unreachable`, `no answer`); `ari` "
-                            "is absent where the server runs no ARI application",
+                            "`not connected`; `database`: `unreachable`, `no answer`, or "
+                            "`degraded` while the journal absorbs it; `journal`: `failing`); "
+                            "`ari` and `journal` are absent where the server runs no ARI "
+                            "application and no journal",
                             "required": ["database"],
                             "additionalProperties": {"type": "string"},
                         },
                         "not_ready": {
                             "type": "array",
-                            "description": "the checks that are not `ok`, sorted",
+                            "description": "the checks that are neither `ok` nor `degraded`, "
+                            "sorted",
                             "items": {"type": "string"},
+                        },
+                        "journal": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["backlog", "oldest_unsent_s"],
+                            "description": "what the local journal holds that the database "
+                            "does not have yet",
+                            "properties": {
+                                "backlog": {"type": "integer", "minimum": 0},
+                                "oldest_unsent_s": {"type": ["number", "null"], "minimum": 0},
+                            },
                         },
                     },
                 },

@@ -76,6 +76,9 @@ class Entry(Base):
     # From the entry's start to its first digit (key or voice); None without digits.
     # Copied from the events when the entry finishes, so aggregates need no join (0003).
     first_digit_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # UUIDv7 made by the session before anything is stored: DIGITS_ID, and what makes a
+    # replay from the journal idempotent (0006). NULL on rows stored before 0006.
+    entry_key: Mapped[str | None] = mapped_column(String(36))
 
     events: Mapped[list[EntryEvent]] = relationship(
         back_populates="entry",
@@ -106,6 +109,7 @@ class Entry(Base):
         # The exact median time to first digit: the values of one histogram bucket in a
         # range (migration 0004, ari_app.store.daily_stats).
         Index("ix_entries_first_digit_ms_started_at", "first_digit_ms", "started_at"),
+        Index("ix_entries_entry_key", "entry_key", unique=True),
     )
 
 

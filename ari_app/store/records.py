@@ -48,6 +48,8 @@ class EntryStart:
     asterisk_id: str | None
     started_at: datetime  # tz-aware UTC
     sensitive: bool
+    # The entry's UUIDv7 (ari_app.entry_key); None: the store makes one.
+    entry_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,4 @@ class StoredEntry:
     error: str | None
     ended_at: datetime | None
     events: tuple[StoredEvent, ...] = field(default=())
+    entry_key: str | None = None  # None on rows stored before migration 0006

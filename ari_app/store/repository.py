@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ari_app.entry_key import new_entry_key
 from ari_app.metrics import Metrics
 
 from .models import entries_table, entry_events_table
@@ -69,6 +70,7 @@ _ENTRY_COLUMNS: Final = (
     _E.confirmed,
     _E.error,
     _E.ended_at,
+    _E.entry_key,
 )
 _EVENT_COLUMNS: Final = (
     _V.seq,
@@ -207,6 +209,7 @@ def _entry_from_row(row: RowMapping, events: tuple[StoredEvent, ...] = ()) -> St
         error=row[_E.error],
         ended_at=None if ended_at is None else from_db_datetime(ended_at),
         events=events,
+        entry_key=row[_E.entry_key],
     )
 
 
@@ -427,12 +430,18 @@ class Store:
             raise SnapshotWriteConflictError(str(conflict.orig)) from conflict
 
     async def start_entry(self, start: EntryStart) -> int:
-        """Insert a new ``in_progress`` entry and return its id."""
+        """Insert a new ``in_progress`` entry and return its id.
+
+        Idempotent by ``start.entry_key``: a start already stored under that key (a replay
+        from the journal after a crash) returns the existing row's id and writes nothing.
+        Without a key the store makes one."""
         _check_choice("transport", start.transport, TRANSPORTS)
         started_at = _aware_utc("started_at", start.started_at)
+        entry_key = start.entry_key or new_entry_key()
         stmt = (
             insert(entries_table)
             .values(
+                entry_key=entry_key,
                 channel_id=start.channel_id,
                 channel_name=start.channel_name,
                 caller_number=start.caller_number,
@@ -450,8 +459,29 @@ class Store:
             .returning(_E.id)
         )
         async with self.write_transaction("start_entry") as conn:
-            entry_id = (await conn.execute(stmt)).scalar_one()
+            # The journal's drain is the only writer by key, one record at a time, so a
+            # look-up before the insert cannot race; the unique index still guards it.
+            existing = await conn.scalar(select(_E.id).where(_E.entry_key == entry_key))
+            entry_id = existing if existing is not None else (await conn.execute(stmt)).scalar_one()
         return int(entry_id)
+
+    async def entry_id_for_key(self, entry_key: str) -> int | None:
+        """The integer id of the entry stored under ``entry_key``, or None."""
+        async with self._engine.connect() as conn:
+            entry_id = await conn.scalar(select(_E.id).where(_E.entry_key == entry_key))
+        return None if entry_id is None else int(entry_id)
+
+    # The session's EntryStore protocol (ari_app.ports), straight to the database: the
+    # caller waits for the central database (the journal, ari_app.journal, does not).
+
+    async def record_start(self, start: EntryStart) -> None:
+        await self.start_entry(start)
+
+    async def record_outcome(self, entry_key: str, outcome: EntryOutcome) -> None:
+        entry_id = await self.entry_id_for_key(entry_key)
+        if entry_id is None:
+            raise EntryNotFoundError(f"no entry with key {entry_key}")
+        await self.finish_entry(entry_id, outcome)
 
     async def finish_entry(self, entry_id: int, outcome: EntryOutcome) -> None:
         """Record the outcome and events of an ``in_progress`` entry, in one transaction.
@@ -568,6 +598,11 @@ class Store:
             return None
         events = tuple(_event_from_row(r) for r in rows if r[_V.seq] is not None)
         return _entry_from_row(rows[0], events)
+
+    async def get_entry_by_key(self, entry_key: str) -> StoredEntry | None:
+        """The entry stored under ``entry_key`` (``DIGITS_ID``) with its events, or None."""
+        entry_id = await self.entry_id_for_key(entry_key)
+        return None if entry_id is None else await self.get_entry(entry_id)
 
     async def list_entries(
         self,
