@@ -412,3 +412,16 @@ def test_entry_keys_are_uuid7_in_creation_order() -> None:
     # The first 48 bits are the time in milliseconds: later keys never sort before earlier ones.
     assert [key[:13] for key in keys] == sorted(key[:13] for key in keys)
     assert not is_entry_key("12") and not is_entry_key(str(uuid.uuid4()))
+
+
+async def test_doctor_reads_a_journal_given_by_a_relative_path(
+    store: SwitchedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default JOURNAL_PATH (var/journal.sqlite3) is relative to serve's directory.
+    monkeypatch.chdir(tmp_path)
+    await (await open_journal(Path("var/journal.sqlite3"), store)).close()
+    result = await check_journal("var/journal.sqlite3")
+    assert (result.status, result.detail) == (
+        DoctorStatus.PASS,
+        "var/journal.sqlite3: empty, nothing waits for the database",
+    )

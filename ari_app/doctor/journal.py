@@ -48,7 +48,8 @@ def _inspect(path: Path) -> CheckResult:
             fix="give the service's user read and write access to it",
         )
     try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        # Read-only, so the doctor never creates or changes a journal (a URI needs a full path).
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             records, oldest = connection.execute(
                 "SELECT count(*), min(written_at) FROM records"
