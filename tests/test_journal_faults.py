@@ -79,8 +79,10 @@ async def one_caller(agi_port: int, n: int, handed_back: dict[str, str]) -> None
         )
         # Keys spread over the burst: some entries are mid-collection when the kill lands.
         transcript = await caller.answer_all(f"{n % 10}234", keys_after=0.05 * n, within=15)
-        if transcript.variables.get("DIGITS_STATUS") == "completed":
-            handed_back[transcript.variables["DIGITS_ID"]] = transcript.variables["DIGITS"]
+        variables = transcript.variables
+        # The kill may land between two SET VARIABLEs: only a full hand-back counts.
+        if variables.get("DIGITS_STATUS") == "completed" and "DIGITS_ID" in variables:
+            handed_back[variables["DIGITS_ID"]] = variables["DIGITS"]
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         pass  # serve was killed under this caller
     finally:
