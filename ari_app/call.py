@@ -178,8 +178,7 @@ class CallSession:
         self._put(SpeechEnded(self._clock(), transcript, digits, answer, confidences, rejected))
 
     def deliver_hangup(self) -> None:
-        self._hung_up = True
-        self._put(Hangup(self._clock()))
+        self._put(self._caller_gone())
 
     def deliver_connection_lost(self) -> None:
         self._put(ConnectionLost(self._clock()))
@@ -269,12 +268,18 @@ class CallSession:
         try:
             await operation
         except ChannelGone:
-            self._hung_up = True
-            return Hangup(self._clock())
+            return self._caller_gone()
         except TransportError as exc:
             log.warning("channel %s: lost Asterisk while acting: %s", self.info.channel_id, exc)
             return ConnectionLost(self._clock())
         return None
+
+    def _caller_gone(self) -> Hangup:
+        if not self._hung_up:
+            self._hung_up = True
+            for attachment in self._attachments:
+                attachment.caller_gone()
+        return Hangup(self._clock())
 
     def _fire(self, timer: Timer, token: int) -> None:
         self._timers.pop(timer, None)

@@ -52,11 +52,14 @@ class Timer(StrEnum):
     ATTEMPT = "attempt"
     CONFIRM = "confirm"
     HELD_KEYS = "held_keys"
+    LAST_WORDS = "last_words"
 
 
 # Keys wait at most this long for the speech before them to be recognised (a decode takes well
 # under a second; an audio stream that stops mid-word must not swallow the keys).
 HELD_KEYS_MAX_WAIT_S = 3.0
+# After a hangup, the entry waits at most this long for what the caller said just before it.
+LAST_WORDS_MAX_WAIT_S = 3.0
 
 
 # --- events (inputs) ---------------------------------------------------------------------
@@ -216,6 +219,7 @@ class Phase(Enum):
     COLLECTING = auto()
     READING_BACK = auto()
     AWAITING_ANSWER = auto()
+    HUNG_UP = auto()  # the caller left while their last words were being recognised
     DONE = auto()
 
 
@@ -295,7 +299,9 @@ class DigitCollector:
             case SpeechEnded():
                 return self._on_speech_ended(event)
             case Hangup():
-                return self._finish(Status.HANGUP, event.at, self._interrupted_confirmation())
+                return self._on_hangup(event)
+            case ConnectionLost() if self._phase is Phase.HUNG_UP:
+                return self._finish_hung_up(event.at)
             case ConnectionLost():
                 return self._finish(Status.INTERRUPTED, event.at, self._interrupted_confirmation())
 
@@ -377,6 +383,8 @@ class DigitCollector:
             return []  # cancelled or restarted after it fired
         del self._timer_tokens[event.timer]
         self._deadlines.pop(event.timer, None)
+        if event.timer is Timer.LAST_WORDS:
+            return self._finish_hung_up(event.at)  # the rest was never recognised
         if event.timer is Timer.HELD_KEYS:
             # The speech before the keys was never recognised: it counts as nothing heard.
             self._utterances_pending = 0
@@ -399,7 +407,7 @@ class DigitCollector:
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         params = self._require_params()
-        if not params.accepts_speech:
+        if not params.accepts_speech or self._phase is Phase.HUNG_UP:
             return []
         self._utterances_pending += 1
         if self._utterances_pending > 1:
@@ -421,6 +429,8 @@ class DigitCollector:
         self._utterances_pending = max(0, self._utterances_pending - 1)
         if event.transcript is not None or event.rejected is not None:
             self._record_step("utterance", event.at, event.transcript or "", event.rejected)
+        if self._phase is Phase.HUNG_UP:
+            return self._on_last_words(event)
         if self._phase in (Phase.READING_BACK, Phase.AWAITING_ANSWER):
             if event.answer is not None:
                 key = CONFIRM_KEY if event.answer else REJECT_KEY
@@ -473,6 +483,51 @@ class DigitCollector:
         elif self._playing is None:
             actions.append(self._start_timer(Timer.NO_INPUT, params.no_input_timeout, event.at))
         return actions
+
+    def _on_hangup(self, event: Hangup) -> list[Action]:
+        if self._phase is Phase.HUNG_UP:
+            return []
+        if not self._utterances_pending or self._phase not in (Phase.PROMPTING, Phase.COLLECTING):
+            return self._finish(Status.HANGUP, event.at, self._interrupted_confirmation())
+        # What the caller said just before hanging up is still being recognised. Its digits
+        # belong to the entry, as keys pressed before a hangup do: wait for them, briefly.
+        self._phase = Phase.HUNG_UP
+        self._playing = None  # the channel is gone, and its playbacks with it
+        self._paused.clear()
+        actions = self._cancel_timers(*_INPUT_TIMERS, Timer.HELD_KEYS)
+        return [*actions, self._start_timer(Timer.LAST_WORDS, LAST_WORDS_MAX_WAIT_S, event.at)]
+
+    def _on_last_words(self, event: SpeechEnded) -> list[Action]:
+        """An utterance recognised after the hangup: its digits are stored, no rule runs."""
+        confidences: list[float | None] = [*event.confidences, *([None] * len(event.digits))]
+        spoken = zip(event.digits, confidences, strict=False)
+        self._enter_without_rules([Digit(k, event.at, Source.VOICE, None, c) for k, c in spoken])
+        if self._utterances_pending:
+            return []
+        return self._finish_hung_up(event.at)
+
+    def _finish_hung_up(self, at: float) -> list[Action]:
+        """End an entry whose caller hung up: the keys they pressed meanwhile come last."""
+        held, self._held_keys = self._held_keys, []
+        self._enter_without_rules([replace(key, at=at) for key in held])
+        return self._finish(Status.HANGUP, at, Confirmed.NOT_ASKED)
+
+    def _enter_without_rules(self, digits: list[Digit]) -> None:
+        params = self._require_params()
+        for digit in digits:
+            if digit.key in params.stop_keys or len(self._entered) >= params.max_digits:
+                return
+            self._entered.append(digit.key)
+            self._digits.append(
+                DigitRecord(
+                    digit.key,
+                    digit.source,
+                    self._attempt,
+                    self._ms(digit.at),
+                    digit.duration_ms,
+                    digit.confidence,
+                )
+            )
 
     def _release_held_keys(self, at: float) -> list[Action]:
         """The keys pressed while speech was being recognised, after its digits, as long as

@@ -70,7 +70,11 @@ class EntryStore(Protocol):
 
 class Attachment(Protocol):
     """Something living as long as the entry (the speech tap): closed when collection ends,
-    before the channel returns to the dialplan. ``close`` must not raise."""
+    before the channel returns to the dialplan. Neither method may raise."""
+
+    def caller_gone(self) -> None:
+        """The caller hung up: finish at once what needs no more input (speech heard so far)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -205,18 +205,28 @@ def synthesize_caller_speech(
             capture_output=True,
         )
         subprocess.run(
-            ["sox", str(spoken), "-r", "8000", "-c", "1", "-b", "16", str(narrow)],
+            ["sox", "-R", str(spoken), "-r", "8000", "-c", "1", "-b", "16", str(narrow)],
             check=True,
             capture_output=True,
         )
         if level_dbfs is not None:
             _set_level(narrow, level_dbfs)
         # Through a telephone line: 8 kHz mu-law, then the 16-bit PCM WAV Asterisk plays.
+        # sox -R seeds the dither, so the same text is the same caller in every run.
         subprocess.run(
-            ["sox", str(narrow), "-e", "mu-law", str(mulaw)], check=True, capture_output=True
+            ["sox", "-R", str(narrow), "-e", "mu-law", str(mulaw)], check=True, capture_output=True
         )
         subprocess.run(
-            ["sox", str(mulaw), "-e", "signed-integer", "-b", "16", str(folder / f"{name}.wav")],
+            [
+                "sox",
+                "-R",
+                str(mulaw),
+                "-e",
+                "signed-integer",
+                "-b",
+                "16",
+                str(folder / f"{name}.wav"),
+            ],
             check=True,
             capture_output=True,
         )

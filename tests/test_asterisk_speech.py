@@ -216,6 +216,17 @@ async def test_speech_barges_into_a_long_prompt(
     assert (entry.status, entry.user_input) == ("completed", "42"), utterances
 
 
+async def test_a_caller_who_speaks_and_hangs_up_at_once_is_heard(
+    speech_service: Service, voices: dict[str, str]
+) -> None:
+    call = await speech_service.callers.place_call(
+        "num_digits=6,prompt=sound:beep", f"wait:0.5^play:{voices['one_two']}^hangup"
+    )
+    entry = await stored_entry(speech_service.store, call.channel_id, within=30)
+    utterances = [event.detail for event in entry.events if event.kind == "utterance"]
+    assert (entry.status, entry.user_input) == ("hangup", "12"), utterances
+
+
 async def test_hangup_tears_the_speech_tap_down(
     speech_service: Service, voices: dict[str, str]
 ) -> None:
@@ -223,8 +234,8 @@ async def test_hangup_tears_the_speech_tap_down(
         "num_digits=6,prompt=sound:beep", f"wait:0.5^play:{voices['one_two']}^wait:1^hangup"
     )
     entry = await stored_entry(speech_service.store, call.channel_id, within=30)
-    assert entry.status == "hangup"
-    assert entry.user_input == "12"
+    utterances = [event.detail for event in entry.events if event.kind == "utterance"]
+    assert (entry.status, entry.user_input) == ("hangup", "12"), utterances
     await speech_service.app.wait_idle(within=10)
     leftovers = await speech_service.callers.leftover_channels()
     assert not [name for name in leftovers if name.startswith(("Snoop/", "UnicastRTP/"))]

@@ -6,6 +6,7 @@ import pytest
 
 from ari_app.engine import (
     HELD_KEYS_MAX_WAIT_S,
+    LAST_WORDS_MAX_WAIT_S,
     Confirmed,
     Digit,
     Source,
@@ -667,6 +668,59 @@ def test_keys_wait_for_speech_that_is_never_recognised_only_a_bounded_time() -> 
     assert d.collector.digits_missing == 1
     d.keys("3")
     assert d.finished.user_input == "123"
+
+
+def test_words_said_just_before_a_hangup_are_stored_with_it() -> None:
+    d = Driver.start("num_digits=6", "ask_for_confirmation=yes")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.advance(1.5)
+    d.keys("9")  # held for the words before it
+    d.hangup()  # "one two", 9, and gone, while the words are still being recognised
+    assert d.result is None and d.playing is None
+    assert set(d.timers) == {Timer.LAST_WORDS}
+    d.advance(0.4)
+    assert d.send(SpeechStarted(d.now)) == []  # nothing new is heard from a gone caller
+    d.send(SpeechEnded(d.now, "one two", "12", None, (0.8, 0.6)))
+    result = d.finished
+    assert (result.status, result.user_input) == (Status.HANGUP, "129")
+    assert result.confirmed is Confirmed.NOT_ASKED  # digits no rule has run on are not read back
+    assert [(r.source, r.confidence) for r in result.digits] == [
+        (Source.VOICE, 0.8),
+        (Source.VOICE, 0.6),
+        (Source.KEY, None),
+    ]
+    assert [step.detail for step in result.steps if step.kind == "utterance"] == ["one two"]
+
+
+def test_a_hangup_waits_for_last_words_only_a_bounded_time() -> None:
+    d = Driver.start("num_digits=3")
+    d.finish_prompt()
+    d.keys("1")
+    d.send(SpeechStarted(d.now))  # and no SpeechEnded ever comes
+    d.hangup()
+    d.advance(LAST_WORDS_MAX_WAIT_S - 0.1)
+    assert d.result is None
+    d.advance(0.2)
+    assert (d.finished.status, d.finished.user_input) == (Status.HANGUP, "1")
+
+
+def test_last_words_beyond_the_entry_s_length_are_cut() -> None:
+    d = Driver.start("max_digits=4")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.hangup()
+    d.send(SpeechEnded(d.now, "1 2 3 4 5 6", "123456", None, (0.9,) * 6))
+    assert (d.finished.status, d.finished.user_input) == (Status.HANGUP, "1234")
+
+
+def test_a_hangup_with_no_speech_pending_ends_at_once() -> None:
+    d = Driver.start("num_digits=3")
+    d.finish_prompt()
+    d.send(SpeechStarted(d.now))
+    d.send(SpeechEnded(d.now, "one", "1", None, (0.9,)))
+    d.hangup()
+    assert (d.finished.status, d.finished.user_input) == (Status.HANGUP, "1")
 
 
 def test_a_second_utterance_before_the_first_is_recognised_keeps_the_timers_paused() -> None:

@@ -28,7 +28,7 @@ def spoken_pcm16(text: str, folder: Path) -> bytes:
     raw, resampled = folder / "raw.wav", folder / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
     subprocess.run(
-        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(resampled)],
+        ["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(resampled)],
         check=True,
         capture_output=True,
     )
@@ -135,6 +135,23 @@ async def test_an_utterance_reaches_the_session_as_digits(tmp_path: Path) -> Non
     assert target.confidences == [(0.75, 0.75, 0.75)] and target.rejected == [None]
     assert recognizer.heard[0][0] > 16000 * 0.5  # the whole utterance
     assert recognizer.heard[0][1:] == ("digits", 3)  # what the entry still needs
+
+
+async def test_words_cut_off_by_a_hangup_are_still_recognised(tmp_path: Path) -> None:
+    target = Target()
+    recognizer = ScriptedRecognizer("One, two.")
+    listener = SpeechListener(target, recognizer, label="t", max_digits=10)
+    try:
+        for packet in as_rtp(spoken_pcm16("one two", tmp_path), silence_after=0.1):
+            listener.on_packet(packet)
+        await asyncio.sleep(0.05)
+        assert target.events == [("started",)]  # the utterance has not ended: no silence yet
+        listener.end_of_stream()  # the caller hung up
+        async with asyncio.timeout(2):
+            await target.ended.wait()
+    finally:
+        await listener.close()
+    assert target.events == [("started",), ("ended", "One, two.", "12", "None")]
 
 
 async def test_silence_reaches_nothing_and_yes_is_an_answer(tmp_path: Path) -> None:

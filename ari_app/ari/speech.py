@@ -26,6 +26,10 @@ class AudioSink(Protocol):
         """One packet from the tap, on the event loop: must be quick."""
         ...
 
+    def end_of_stream(self) -> None:
+        """No more audio will come (the caller hung up): what was heard so far is complete."""
+        ...
+
     async def close(self) -> None:
         """The tap is closing: nothing more arrives."""
         ...
@@ -73,6 +77,9 @@ class AriSpeechTap:
         self._receiver.register(source, self._sink.on_packet)
         self.source = source
         await self._client.create_mixing_bridge(self.bridge_id, [self.snoop_id, self.media_id])
+
+    def caller_gone(self) -> None:
+        self._sink.end_of_stream()
 
     async def close(self) -> None:
         if self._closed:

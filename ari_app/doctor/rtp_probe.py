@@ -58,6 +58,9 @@ class ToneCounter:
         self.payload_bytes = 0
         self.enough = asyncio.Event()
 
+    def end_of_stream(self) -> None:
+        """The probe counts packets as they come; the end changes nothing."""
+
     async def close(self) -> None:
         """Nothing to let go of (the tap's :class:`~ari_app.ari.speech.AudioSink`)."""
 

@@ -69,6 +69,12 @@ class SpeechListener:
                 else:
                     self._utterances.put_nowait(event)  # a drop waits for the words before it
 
+    def end_of_stream(self) -> None:
+        """The caller hung up: an utterance in progress ends here and is recognised, so a
+        caller who speaks and hangs up at once is still heard."""
+        for utterance in self._segmenter.flush():
+            self._utterances.put_nowait(utterance)
+
     async def _recognise_in_order(self) -> None:
         while True:
             utterance = await self._utterances.get()
