@@ -218,6 +218,20 @@ async def test_finish_without_events(store: Store) -> None:
     assert got.events == ()
 
 
+async def test_a_lone_surrogate_is_stored_as_a_replacement_character(store: Store) -> None:
+    # JSON's "\ud800" escape decodes to a str neither database takes: one such event must not
+    # fail the write, nor stall the journal's drain behind it at every retry.
+    odd = "x\ud800y"
+    start = dataclasses.replace(make_start(label=odd), channel_name=odd, caller_name=odd)
+    entry_id = await store.start_entry(start)
+    events = (StoredEvent(kind="utterance", attempt=1, at_ms=10, source="voice", detail=odd),)
+    await store.finish_entry(entry_id, make_outcome(events=events, user_input=None))
+    got = await store.get_entry(entry_id)
+    assert got is not None
+    assert (got.label, got.channel_name, got.caller_name) == ("x\ufffdy",) * 3
+    assert got.events[0].detail == "x\ufffdy"
+
+
 async def test_unlisted_event_kind_is_stored_not_rejected(store: Store) -> None:
     # The engine records e.g. a "stop_key" step; an event kind must never cost the outcome.
     events = (

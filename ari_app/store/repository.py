@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -252,9 +253,9 @@ def _event_rows(
                 "digit": digit,
                 "source": ev.source,
                 "duration_ms": ev.duration_ms,
-                "detail": detail,
+                "detail": _storable(detail),
                 "confidence": ev.confidence,
-                "rejected": ev.rejected,
+                "rejected": _storable(ev.rejected),
             }
         )
     return rows
@@ -292,16 +293,25 @@ _FINISH_STATEMENT: Final = (
 )
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str | None) -> str | None:
+    """``text`` as both databases take it: a lone surrogate (JSON's ``"\\ud800"`` escape can
+    make one; UTF-8 cannot) becomes U+FFFD, instead of failing the write at every retry."""
+    return None if text is None else _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _outcome_row(entry_id: int, outcome: EntryOutcome) -> dict[str, object]:
     return {
         "b_id": entry_id,
         "b_status": outcome.status,
-        "b_user_input": outcome.user_input,
+        "b_user_input": _storable(outcome.user_input),
         "b_input_hash": outcome.input_hash,
         "b_terminated_by": outcome.terminated_by,
         "b_attempts": outcome.attempts,
         "b_confirmed": outcome.confirmed,
-        "b_error": outcome.error,
+        "b_error": _storable(outcome.error),
         "b_ended_at": _aware_utc("ended_at", outcome.ended_at),
         "b_first_digit_ms": min(
             (event.at_ms for event in outcome.events if event.kind == "digit"), default=None
@@ -442,14 +452,14 @@ class Store:
             insert(entries_table)
             .values(
                 entry_key=entry_key,
-                channel_id=start.channel_id,
-                channel_name=start.channel_name,
-                caller_number=start.caller_number,
-                caller_name=start.caller_name,
-                label=start.label,
+                channel_id=_storable(start.channel_id),
+                channel_name=_storable(start.channel_name),
+                caller_number=_storable(start.caller_number),
+                caller_name=_storable(start.caller_name),
+                label=_storable(start.label),
                 parameters=start.parameters,
                 transport=start.transport,
-                asterisk_id=start.asterisk_id,
+                asterisk_id=_storable(start.asterisk_id),
                 started_at=started_at,
                 sensitive=start.sensitive,
                 status=STATUS_IN_PROGRESS,
