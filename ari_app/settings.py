@@ -34,7 +34,12 @@ class Settings:
     hash_key_file: str = DEFAULT_HASH_KEY_FILE
     log_level: str = "INFO"
     log_json: bool = False
-    reconnect_max_delay: float = 10.0
+    # Short, so that calls flow again within about a second of Asterisk answering after a
+    # restart; an attempt against a stopped Asterisk costs one refused TCP connect.
+    reconnect_max_delay: float = 1.0
+    # Ping the event websocket this often: a stalled Asterisk (no close, no data) is noticed
+    # within 1.5 times this, and handled like a dropped connection.
+    ari_heartbeat: float = 5.0
     # Concurrent REST connections to Asterisk; keep it below http.conf's sessionlimit.
     ari_max_connections: int = 32
     # Spoken digits: one shared RTP port receives every entry's audio (see speech/rtp.py).
@@ -72,6 +77,12 @@ class Settings:
             reconnect = float(text("ARI_RECONNECT_MAX_DELAY", str(defaults.reconnect_max_delay)))
         except ValueError:
             raise SettingsError("ARI_RECONNECT_MAX_DELAY must be a number of seconds") from None
+        try:
+            heartbeat = float(text("ARI_HEARTBEAT", str(defaults.ari_heartbeat)))
+        except ValueError:
+            raise SettingsError("ARI_HEARTBEAT must be a number of seconds") from None
+        if not 0.2 <= heartbeat <= 300:
+            raise SettingsError("ARI_HEARTBEAT must be between 0.2 and 300 seconds")
         try:
             connections = int(text("ARI_MAX_CONNECTIONS", str(defaults.ari_max_connections)))
         except ValueError:
@@ -143,6 +154,7 @@ class Settings:
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
             log_json=text("LOG_FORMAT", "text").lower() == "json",
             reconnect_max_delay=reconnect,
+            ari_heartbeat=heartbeat,
             ari_max_connections=connections,
         )
 

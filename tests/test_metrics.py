@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ari_app.agi import AgiConfig, running_agi_server
 from ari_app.ari.app import AriApplication
+from ari_app.ari.client import AriUnavailable
 from ari_app.http import API_DISABLED, running_http_api
 from ari_app.metrics import DB_OPERATIONS, Metrics
 from ari_app.server import running_service
-from ari_app.settings import Settings
+from ari_app.settings import Settings, SettingsError
 from ari_app.speech.listener import SpeechListener
 from ari_app.speech.recognizer import RecognizerStats
 from ari_app.store.migrate import upgrade_to_head_async
@@ -344,6 +346,39 @@ async def test_ari_connection_state_and_reconnects() -> None:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+class UnreachableAri(DroppableAri):
+    async def connect(self) -> None:
+        raise AriUnavailable("ARI at http://127.0.0.1:8088/ is not reachable: refused")
+
+
+async def test_a_long_outage_is_retried_every_second_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts = 0
+
+    def factory(settings: Settings) -> Any:
+        nonlocal attempts
+        attempts += 1
+        return UnreachableAri()
+
+    app = AriApplication(Settings(speech=False), MemoryStore(), client_factory=factory)
+    runner = asyncio.create_task(app.run())
+    try:
+        await wait_until(lambda: attempts >= 4, within=5)  # 0.5 s, then 1 s apart
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["ARI unavailable: ARI at http://127.0.0.1:8088/ is not reachable: refused"]
+
+
+@pytest.mark.parametrize("value", ["soon", "0.1", "301"])
+def test_a_bad_heartbeat_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="ARI_HEARTBEAT"):
+        Settings.from_env({"ARI_HEARTBEAT": value})
 
 
 # --------------------------------------------------------------------------- over HTTP

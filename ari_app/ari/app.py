@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,7 @@ def default_client(settings: Settings) -> AriClient:
         settings.ari_password,
         settings.ari_app,
         max_connections=settings.ari_max_connections,
+        heartbeat=settings.ari_heartbeat,
     )
 
 
@@ -164,6 +167,33 @@ class SpeechResources:
     advertised_host: str  # where Asterisk sends RTP: this host as Asterisk reaches it
 
 
+class _Outage:
+    """The failed attempts since the connection was last up: the first is logged at WARNING,
+    then one line a minute, so a long outage with a short retry delay does not flood the log."""
+
+    REMIND_EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self._began = time.monotonic()
+        self._warned = -math.inf
+
+    def failed(self, reason: str) -> None:
+        self.attempts += 1
+        now = time.monotonic()
+        if now - self._warned < self.REMIND_EVERY_S:
+            log.debug("%s", reason)
+            return
+        self._warned = now
+        if self.attempts == 1:
+            log.warning("%s", reason)
+        else:
+            log.warning("%s (%s so far)", reason, self.summary())
+
+    def summary(self) -> str:
+        return f"{self.attempts} failed attempts in {time.monotonic() - self._began:.1f} s"
+
+
 class AriApplication:
     """Keeps one ARI connection alive and runs each caller's entry through the session runner."""
 
@@ -199,6 +229,7 @@ class AriApplication:
         """Connect, listen, and reconnect with capped exponential backoff; runs until cancelled."""
         delay = FIRST_RECONNECT_DELAY
         attempt = 0
+        outage = _Outage()
         while True:
             client = self._client_factory(self._settings)
             listening: asyncio.Task[None] | None = None
@@ -215,7 +246,9 @@ class AriApplication:
                 if attempt:
                     self.reconnects += 1
                     self.metrics.ari_reconnected()
-                    log.info("reconnected to ARI at %s", self._settings.ari_url)
+                    log.info(
+                        "reconnected to ARI at %s (%s)", self._settings.ari_url, outage.summary()
+                    )
                     await self._reconcile_sessions()
                 else:
                     log.info("connected to ARI at %s as app %r", client.base_url, client.app)
@@ -223,11 +256,13 @@ class AriApplication:
                 await listening
                 log.warning("ARI event websocket closed")
             except AriUnavailable as exc:
-                log.warning("ARI unavailable: %s", exc)
+                outage.failed(f"ARI unavailable: {exc}")
             except Exception:
                 # Whatever went wrong, the application must come back: log it and reconnect.
                 log.exception("the ARI connection failed")
             finally:
+                if self.connected.is_set():
+                    outage = _Outage()  # the connection was up until now
                 if listening is not None and not listening.done():
                     listening.cancel()
                     await asyncio.gather(listening, return_exceptions=True)
@@ -236,7 +271,11 @@ class AriApplication:
                 self.client = None
                 await client.close()
             attempt += 1
-            log.info("reconnecting to ARI in %.1f s", delay)
+            log.log(
+                logging.INFO if outage.attempts <= 1 else logging.DEBUG,
+                "reconnecting to ARI in %.1f s",
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.reconnect_max_delay)
 

@@ -41,7 +41,7 @@ for _chatty in ("aioswagger11", "aioari"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 JsonObject = dict[str, Any]
-HEARTBEAT_SECONDS = 10.0
+DEFAULT_HEARTBEAT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 BRIDGE_JOIN_ATTEMPTS = 20  # about 2 s in all
 
@@ -80,7 +80,9 @@ def basic_authorization(user: str, password: str) -> str:
 class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
     """aioswagger11's client with a correct websocket handshake and request timeouts."""
 
-    def __init__(self, host: str, user: str, password: str, max_connections: int) -> None:
+    def __init__(
+        self, host: str, user: str, password: str, max_connections: int, heartbeat: float
+    ) -> None:
         # Not super().__init__(): it opens a session with no connection limit, and Asterisk's
         # HTTP server drops every connection past http.conf's sessionlimit (100 by default).
         self.authenticator = BasicAuthenticator(host, user, password)
@@ -90,6 +92,7 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
         )
         self.authorization = basic_authorization(user, password)
+        self.heartbeat = heartbeat
 
     async def ws_connect(
         self, url: str, params: Mapping[str, str] | None = None
@@ -98,7 +101,7 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
         socket: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(
             f"{url}?{query}" if query else url,
             headers={"Authorization": self.authorization},
-            heartbeat=HEARTBEAT_SECONDS,
+            heartbeat=self.heartbeat,
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
         self.websockets.add(socket)
@@ -122,10 +125,18 @@ class AriClient:
     """A typed face over one aioari connection: REST calls and the event stream."""
 
     def __init__(
-        self, base_url: str, user: str, password: str, app: str, *, max_connections: int = 32
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        app: str,
+        *,
+        max_connections: int = 32,
+        heartbeat: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self.base_url = base_url
         self._max_connections = max_connections
+        self._heartbeat = heartbeat
         self.app = app
         self._user = user
         self._password = password
@@ -135,7 +146,9 @@ class AriClient:
     def _http_client(self) -> _AriHttpClient:
         if self._http is None:
             host = urllib.parse.urlsplit(self.base_url).hostname or ""
-            self._http = _AriHttpClient(host, self._user, self._password, self._max_connections)
+            self._http = _AriHttpClient(
+                host, self._user, self._password, self._max_connections, self._heartbeat
+            )
         return self._http
 
     async def connect(self) -> None:
