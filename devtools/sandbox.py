@@ -696,7 +696,11 @@ class AsteriskSandbox:
             time.sleep(0.05)
 
     def _cleanup_stale(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
+        if self._proc is not None:
+            # The server is gone, or dying: a killed Asterisk stays a zombie for a moment, and
+            # an unreaped child is a ResourceWarning once a new start replaces it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
             self._proc = None
         self.paths.pid_file.unlink(missing_ok=True)
         run = self.paths.chroot_dir / "run/asterisk"

@@ -300,7 +300,7 @@ async def test_handing_back_waits_for_the_reconnect(
 async def test_handing_back_gives_up_after_its_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ari_app_module, "HANDBACK_RETRY_PAUSE", 0.0)
     app = AriApplication(Settings(), MemoryStore())
-    app.handback_patience = 0.05
+    app.link.patience = 0.05
     app.client = ReconnectingClient(failures=1000)  # type: ignore[assignment]
     with pytest.raises(TransportError):
         await asyncio.wait_for(AriCallPort(app, "c").release(), 1)

@@ -432,7 +432,7 @@ class RecordingPrompts(TextPrompts):
 async def test_the_ari_adapter_prepares_an_entry_s_prompts_before_playing(tmp_path: Path) -> None:
     prompts = RecordingPrompts(tmp_path)
     app = AriApplication(Settings(), MemoryStore(), prompts=prompts)
-    app.handback_patience = 0.1  # not connected: the entry ends at once, as interrupted
+    app.link.patience = 0.1  # not connected: the entry ends at once, as interrupted
     app.dispatch(
         {
             "type": "StasisStart",

@@ -102,10 +102,7 @@ class AriCallPort:
         self._channel_id = channel_id
 
     def _client(self) -> AriClient:
-        client = self._app.client
-        if client is None:
-            raise AriUnreachable("ARI is disconnected")
-        return client
+        return self._app.link.client()
 
     async def answer(self) -> None:
         await self._client().answer(self._channel_id)
@@ -124,38 +121,73 @@ class AriCallPort:
                 *(client.set_variable(self._channel_id, k, v) for k, v in variables.items())
             )
 
-        await self._through_reconnect(set_all)
+        await self._app.link.through_reconnect(set_all, f"channel {self._channel_id}: hand-back")
 
     async def release(self) -> None:
-        await self._through_reconnect(lambda client: client.continue_in_dialplan(self._channel_id))
+        await self._app.link.through_reconnect(
+            lambda client: client.continue_in_dialplan(self._channel_id),
+            f"channel {self._channel_id}: hand-back",
+        )
 
-    async def _through_reconnect(self, step: Callable[[AriClient], Awaitable[None]]) -> None:
-        """Run a hand-back step, waiting out a reconnect if ARI fails meanwhile.
 
-        The channel stays in Stasis while ARI is down; given up on, it would sit there until
-        the caller hangs up. Raises AriUnreachable once ``handback_patience`` has passed.
-        """
+class CurrentAri:
+    """Whatever ARI connection the application has now, and waiting one out.
+
+    The channel stays in Stasis while ARI is down, and a stalled Asterisk keeps a speech tap's
+    snoop and bridge: a hand-back or a teardown given up on would leave them there.
+    """
+
+    # How long a step keeps trying through a reconnect.
+    patience = 20.0
+
+    def __init__(self, app: AriApplication) -> None:
+        self._app = app
+        self._deferred: set[asyncio.Task[None]] = set()
+
+    def client(self) -> AriClient:
+        client = self._app.client
+        if client is None:
+            raise AriUnreachable("ARI is disconnected")
+        return client
+
+    async def through_reconnect(
+        self, step: Callable[[AriClient], Awaitable[None]], what: str
+    ) -> None:
+        """Run ``step``, waiting out a reconnect if ARI fails meanwhile; raises AriUnreachable
+        once ``patience`` has passed. An error ARI answered with is raised at once."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._app.handback_patience
+        deadline = loop.time() + self.patience
         while True:
             try:
-                await step(self._client())
+                await step(self.client())
                 return
-            except AriUnreachable as exc:  # an error ARI answered with will not go away
+            except AriUnreachable as exc:
                 if loop.time() >= deadline:
                     raise
-                log.warning(
-                    "channel %s: ARI failed while handing the call back (%s); "
-                    "waiting for the connection",
-                    self._channel_id,
-                    exc,
-                )
+                log.warning("%s: ARI failed (%s); waiting for the connection", what, exc)
             # The websocket reader may not have noticed the drop yet: pause, then wait until
             # the connection is (again) up.
             await asyncio.sleep(HANDBACK_RETRY_PAUSE)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - loop.time())):
                     await self._app.connected.wait()
+
+    def when_connected(self, step: Callable[[AriClient], Awaitable[None]], what: str) -> None:
+        task = asyncio.create_task(self._deferred_step(step, what), name=what)
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+
+    async def _deferred_step(self, step: Callable[[AriClient], Awaitable[None]], what: str) -> None:
+        try:
+            await self.through_reconnect(step, what)
+        except TransportError as exc:
+            log.warning("%s: given up: %s", what, exc)
+
+    async def close(self) -> None:
+        """Cancel the steps still waiting for a connection."""
+        for task in list(self._deferred):
+            task.cancel()
+        await asyncio.gather(*self._deferred, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -197,9 +229,6 @@ class _Outage:
 class AriApplication:
     """Keeps one ARI connection alive and runs each caller's entry through the session runner."""
 
-    # How long a finished entry keeps trying to hand its channel back through a reconnect.
-    handback_patience = 20.0
-
     def __init__(
         self,
         settings: Settings,
@@ -218,6 +247,7 @@ class AriApplication:
         self.client: AriClient | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.link = CurrentAri(self)
         self.runner = Sessions(store, hash_key=settings.hash_key, metrics=self.metrics)
 
     @property
@@ -358,7 +388,7 @@ class AriApplication:
             metrics=self.metrics,
         )
         tap = AriSpeechTap(
-            self.client,
+            self.link,
             self._speech.receiver,
             listener,
             channel_id=session.info.channel_id,
@@ -374,3 +404,4 @@ class AriApplication:
     async def shutdown(self, grace: float = 5.0) -> None:
         """Let running entries end as interrupted and store their rows before exiting."""
         await self.runner.close(grace)
+        await self.link.close()

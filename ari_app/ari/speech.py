@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from ari_app.ari.client import AriClient
+from ari_app.ari.client import AriClient, AriUnreachable
 from ari_app.ports import ChannelGone, TransportError
 from ari_app.speech.rtp import RtpPacket, RtpReceiver
 
@@ -35,17 +36,29 @@ class AudioSink(Protocol):
         ...
 
 
+class AriLink(Protocol):
+    """The ARI connection a tap works through."""
+
+    def client(self) -> AriClient:
+        """The connection now; raises AriUnreachable while there is none."""
+        ...
+
+    def when_connected(self, step: Callable[[AriClient], Awaitable[None]], what: str) -> None:
+        """Run ``step`` in the background once ARI is connected again (a bounded wait)."""
+        ...
+
+
 class AriSpeechTap:
     def __init__(
         self,
-        client: AriClient,
+        ari: AriLink,
         receiver: RtpReceiver,
         sink: AudioSink,
         *,
         channel_id: str,
         advertised_host: str,
     ) -> None:
-        self._client = client
+        self._ari = ari
         self._receiver = receiver
         self._sink = sink
         self._channel_id = channel_id
@@ -71,12 +84,13 @@ class AriSpeechTap:
 
     async def open(self) -> None:
         """Snoop, externalMedia, bridge; raises ChannelGone or TransportError."""
-        await self._client.snoop(self._channel_id, self.snoop_id)
-        source = await self._client.external_media(self.media_id, self.destination)
+        client = self._ari.client()
+        await client.snoop(self._channel_id, self.snoop_id)
+        source = await client.external_media(self.media_id, self.destination)
         # Register before bridging so the very first packets are heard.
         self._receiver.register(source, self._sink.on_packet)
         self.source = source
-        await self._client.create_mixing_bridge(self.bridge_id, [self.snoop_id, self.media_id])
+        await client.create_mixing_bridge(self.bridge_id, [self.snoop_id, self.media_id])
 
     def caller_gone(self) -> None:
         self._sink.end_of_stream()
@@ -91,12 +105,24 @@ class AriSpeechTap:
             # With the sink: never unregister a newer tap Asterisk gave the same port to.
             self._receiver.unregister(self.source, self._sink.on_packet)
         await self._sink.close()
-        for teardown in (
-            self._client.destroy_bridge(self.bridge_id),
-            self._client.hangup_quietly(self.media_id),
-            self._client.hangup_quietly(self.snoop_id),
+        try:
+            await self._tear_down(self._ari.client())
+        except AriUnreachable:
+            # A stalled or restarting Asterisk may keep the snoop and bridge: remove them once
+            # it answers again, without holding up the entry's result.
+            self._ari.when_connected(self._tear_down, f"channel {self._channel_id}: speech tap")
+
+    async def _tear_down(self, client: AriClient) -> None:
+        """Destroy the bridge and hang up both channels; what is already gone is fine.
+        Raises AriUnreachable (so the whole teardown is retried once ARI is back)."""
+        for teardown, name in (
+            (client.destroy_bridge, self.bridge_id),
+            (client.hangup_quietly, self.media_id),
+            (client.hangup_quietly, self.snoop_id),
         ):
             try:
-                await teardown
+                await teardown(name)
+            except AriUnreachable:
+                raise
             except TransportError as exc:
                 log.warning("channel %s: speech tap teardown: %s", self._channel_id, exc)

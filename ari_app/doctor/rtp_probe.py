@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +30,8 @@ from ari_app.doctor.report import CheckResult, Status
 from ari_app.ports import ChannelGone, TransportError
 from ari_app.settings import Settings
 from ari_app.speech.rtp import RtpPacket, RtpReceiver, listen_for_rtp, pcm16be_to_float32
+
+log = logging.getLogger(__name__)
 
 PROBE_WAIT_SECONDS = 3.0
 PROBE_SETUP_TIMEOUT_SECONDS = 10.0
@@ -170,6 +173,19 @@ class Tap:
     counter: ToneCounter
 
 
+class _ProbeAri:
+    """The probe's own connection, for its tap: nothing to wait for after the probe."""
+
+    def __init__(self, client: AriClient) -> None:
+        self._client = client
+
+    def client(self) -> AriClient:
+        return self._client
+
+    def when_connected(self, step: Callable[[AriClient], Awaitable[None]], what: str) -> None:
+        log.warning("%s: ARI is gone; the probe's tap may be left on Asterisk", what)
+
+
 @contextlib.asynccontextmanager
 async def _tapped_caller(settings: Settings, receiver: RtpReceiver) -> AsyncIterator[Tap]:
     """The app's speech tap on a simulated caller: an externalMedia channel fed over RTP.
@@ -180,7 +196,9 @@ async def _tapped_caller(settings: Settings, receiver: RtpReceiver) -> AsyncIter
     )
     advertised = settings.rtp_advertised_host or settings.rtp_host
     counter = ToneCounter()
-    tap = AriSpeechTap(client, receiver, counter, channel_id=ids.caller, advertised_host=advertised)
+    tap = AriSpeechTap(
+        _ProbeAri(client), receiver, counter, channel_id=ids.caller, advertised_host=advertised
+    )
     caller: asyncio.DatagramTransport | None = None
     listening: asyncio.Task[None] | None = None
     try:
