@@ -237,28 +237,27 @@ def parse_params(values: Mapping[str, str]) -> Params:
     )
 
 
-_KNOWN = frozenset(
-    {
-        "num_digits",
-        "min_digits",
-        "max_digits",
-        "dtmf_input_timeout",
-        "no_input_timeout",
-        "max_duration",
-        "confirm_timeout",
-        "dtmf_stop_event",
-        "ask_for_confirmation",
-        "confidence_threshold",
-        "max_attempts",
-        "prompt",
-        "invalid_prompt",
-        "confirm_prompt",
-        "validate",
-        "sensitive",
-        "label",
-        "input",
-    }
+PARAMETER_NAMES = (
+    "num_digits",
+    "min_digits",
+    "max_digits",
+    "dtmf_input_timeout",
+    "no_input_timeout",
+    "max_duration",
+    "confirm_timeout",
+    "dtmf_stop_event",
+    "ask_for_confirmation",
+    "confidence_threshold",
+    "max_attempts",
+    "prompt",
+    "invalid_prompt",
+    "confirm_prompt",
+    "validate",
+    "sensitive",
+    "label",
+    "input",
 )
+_KNOWN = frozenset(PARAMETER_NAMES)
 
 
 def _is_text(value: str) -> bool:

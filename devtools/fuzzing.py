@@ -40,6 +40,7 @@ from ari_app.ari.client import decode_event
 from ari_app.ari.events import MalformedEvent, parse_event
 from ari_app.engine import DigitCollector, Finish, Start
 from ari_app.media import MediaItem
+from ari_app.params import PARAMETER_NAMES
 from ari_app.ports import CallPort
 from ari_app.settings import Settings
 from ari_app.speech.rtp import RTP_ERROR_REASONS, AudioAssembler, RtpPacket, RtpReceiver
@@ -132,26 +133,6 @@ def _settle(report: FuzzReport, watch: LogWatch, what: str) -> None:
 
 # --- values ------------------------------------------------------------------------------------
 
-_NAMES = [
-    "num_digits",
-    "min_digits",
-    "max_digits",
-    "dtmf_input_timeout",
-    "no_input_timeout",
-    "max_duration",
-    "confirm_timeout",
-    "dtmf_stop_event",
-    "ask_for_confirmation",
-    "confidence_threshold",
-    "max_attempts",
-    "prompt",
-    "invalid_prompt",
-    "confirm_prompt",
-    "validate",
-    "sensitive",
-    "label",
-    "input",
-]
 _GOOD_VALUES = [
     "1", "4", "64", "0.5", "3", "yes", "no", "auto", "none", "#", "*#", "luhn", "dtmf", "both",
     "speech", "sound:beep", "tts:Key your PIN, please", "digits:12", "{digits}", r"\d{4}", "pin",
@@ -181,7 +162,7 @@ def random_argument(rng: random.Random) -> str:
     roll = rng.random()
     if roll < 0.1:
         return random_text(rng)  # not name=value, or a media list's continuation
-    name = rng.choice(_NAMES) if roll < 0.9 else random_text(rng, 12)
+    name = rng.choice(PARAMETER_NAMES) if roll < 0.9 else random_text(rng, 12)
     value = rng.choice(_GOOD_VALUES if rng.random() < 0.5 else _BAD_VALUES)
     if rng.random() < 0.1:
         value = random_text(rng)
@@ -210,7 +191,7 @@ def fuzz_stasis_arguments(count: int, seed: int) -> FuzzReport:
         elif form < 0.85:  # FastAGI: a query string, percent-escapes and all
             arguments = query_arguments("&".join(random_arguments(rng)) + random_text(rng, 8))
         else:
-            arguments = {rng.choice(_NAMES): rng.choice(_BAD_VALUES + _GOOD_VALUES)}
+            arguments = {rng.choice(PARAMETER_NAMES): rng.choice(_BAD_VALUES + _GOOD_VALUES)}
         report.cases += 1
         try:
             collector = DigitCollector.from_arguments(arguments)
