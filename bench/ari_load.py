@@ -11,8 +11,9 @@ StasisEnd, ChannelDestroyed for a caller who hangs up (StasisEnd alone after a c
 
 ``serve`` runs as a subprocess of this checkout (``python -m ari_app.cli serve``) pinned to one
 core (``taskset -c 0``), with ``SPEECH=off``, a fresh SQLite database and journal in a temp dir,
-started anew for each N. This process pins itself to another core. For each N, all N channels
-enter Stasis at once (``num_digits=10,ask_for_confirmation=yes,label=load``); each caller keys
+started anew for each N, and given 20 unmeasured callers first (``--warmup``: first calls pay
+one-off costs). This process pins itself to another core. For each N, all N channels enter
+Stasis at once (``num_digits=10,ask_for_confirmation=yes,label=load``); each caller keys
 10 digits 150-400 ms apart (seeded), a quarter of them keying the first over the prompt
 (barge-in), and answers the read-back with 1 once it has finished playing; 5 % hang up
 mid-entry. Printed per N:
@@ -20,14 +21,18 @@ mid-entry. Printed per N:
 - latency from an event frame sent to the REST request it causes, received: StasisStart → the
   prompt's play, a barge-in key → the stop, the last key → the read-back's play, the confirming
   key → the first variable set and → the continue (p50, p99, max; ``all``: the first four);
-- entries a second (N over the time from the first StasisStart to the last row in the database),
+- entries a second (N over the time from the first StasisStart to the last row in the database;
+  the script alone takes about 5 s, so this grows with N until ``serve``'s core is saturated),
   ``serve``'s CPU ms per entry (utime + stime from /proc over that same window, start-up
   excluded), its resident memory before and after (VmRSS) and at peak (VmHWM);
 - events lost (channel events the app did not handle, from its own
   ``ari_digits_event_handling_seconds_count``, plus StasisStarts that got no prompt): must be 0;
-- rows correct (status, digits, confirmation and label as scripted): must be N;
-- this process's own event-loop lag (if it is large, the fake, not ``serve``, is slow) and the
-  the share of each pinned core that other processes used meanwhile (another job on the
+- rows correct (status, digits, confirmation and label as scripted): must be N; hand-backs ok
+  (the read-back spelled the keys, and DIGITS, DIGITS_STATUS, DIGITS_CONFIRMED, DIGITS_ID set);
+- REST requests per entry, as the fake received them;
+- this process's own event-loop lag (a request that arrives while the fake is busy is stamped
+  late by up to that much: it bounds the fake's share of every latency above) and the share of
+  each pinned core that other processes used meanwhile (another job on the
   machine skews the figures; the JSON keeps it with the load average).
 
 It writes ``bench/results/ari_load.json`` and ``.png`` (matplotlib). A benchmark, not a test:
