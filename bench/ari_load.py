@@ -211,6 +211,7 @@ class FakeChannel:
     variables: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     step: str = "start"  # where the caller is; where it stopped, if it gave up
+    barged: asyncio.Event = field(default_factory=asyncio.Event)  # keyed over the prompt
     readback_digits: str | None = None
 
     def arrive(self, reaction: str, at: float) -> None:
@@ -395,6 +396,11 @@ class FakeAri:
                 event_frame("PlaybackContinuing", {"playback": playback.as_json("continuing")})
             )
         await asyncio.sleep(self.media_s)
+        channel = playback.channel
+        if channel.script.barge_in and playback is channel.playbacks[0]:
+            # The script says the caller keys over the prompt: when this process runs late,
+            # the prompt must not end first (serve would rightly not stop it).
+            await channel.barged.wait()
         await self._finish(playback)
 
     async def _finish(self, playback: FakePlayback) -> None:
@@ -482,6 +488,7 @@ class FakeAri:
             await prompt.started.wait()
             await asyncio.sleep(self.media_s / 2)
             channel.sent["barge-in key→stop"] = await self._key(channel, 0, script.digits[0])
+            channel.barged.set()
             first = 1
         else:
             await prompt.finished.wait()
