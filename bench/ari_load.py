@@ -271,6 +271,7 @@ class FakeAri:
         app.router.add_post("/ari/channels/{channel}/play", self._play)
         app.router.add_delete("/ari/playbacks/{playback}", self._stop)
         app.router.add_post("/ari/channels/{channel}/variable", self._set_variable)
+        app.router.add_post("/ari/channels/{channel}/variables", self._set_variables)
         app.router.add_post("/ari/channels/{channel}/continue", self._continue)
         app.router.add_get("/ari/channels/{channel}", self._get_channel)
         app.router.add_route("*", "/{tail:.*}", self._other)
@@ -434,6 +435,18 @@ class FakeAri:
             self.unexpected.append(f"variable on a channel not in Stasis: {request.path}")
             return web.json_response({"message": "Channel not found"}, status=404)
         channel.variables[request.query.get("variable", "")] = request.query.get("value", "")
+        channel.arrive("confirm→variables", at)
+        return web.Response(status=204)
+
+    async def _set_variables(self, request: web.Request) -> web.Response:
+        at = time.perf_counter()
+        self.requests += 1
+        channel = self._channel(request)
+        if channel is None:
+            self.unexpected.append(f"variables on a channel not in Stasis: {request.path}")
+            return web.json_response({"message": "Channel not found"}, status=404)
+        body = await request.json()
+        channel.variables.update({str(k): str(v) for k, v in body["variables"].items()})
         channel.arrive("confirm→variables", at)
         return web.Response(status=204)
 

@@ -6,13 +6,14 @@ import asyncio
 import copy
 import logging
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from ari_app.ari import app as ari_app_module
 from ari_app.ari.app import AriApplication, AriCallPort, ari_media
-from ari_app.ari.client import AriUnreachable
+from ari_app.ari.client import AriClient, AriUnreachable
 from ari_app.ari.events import (
     ChannelLeft,
     DtmfReceived,
@@ -327,3 +328,36 @@ async def test_shutdown_cancels_calls_still_running_after_the_grace(
     await app.shutdown(grace=0.05)
     assert task.cancelled()
     assert "cancelling 1 call tasks" in caplog.text
+
+
+class _Channels:
+    """aioari's channels repository, recording the operations called on it."""
+
+    def __init__(self, *, bulk: bool) -> None:
+        self.api = SimpleNamespace(setChannelVars=object()) if bulk else SimpleNamespace()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def setChannelVar(self, **params: Any) -> None:
+        self.calls.append(("setChannelVar", params))
+
+    async def setChannelVars(self, **params: Any) -> None:
+        self.calls.append(("setChannelVars", params))
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["asterisk_22_10", "older_asterisk"])
+async def test_the_hand_back_variables_take_one_request_where_asterisk_allows(bulk: bool) -> None:
+    channels = _Channels(bulk=bulk)
+    client = AriClient("http://127.0.0.1:8088/", "u", "p", "digits")
+    client._client = SimpleNamespace(channels=channels)
+    await client.set_variables("c1", {"DIGITS": "123", "DIGITS_STATUS": "completed"})
+    if bulk:
+        variables = {"DIGITS": "123", "DIGITS_STATUS": "completed"}
+        assert channels.calls == [("setChannelVars", {"channelId": "c1", "variables": variables})]
+    else:
+        assert channels.calls == [
+            ("setChannelVar", {"channelId": "c1", "variable": "DIGITS", "value": "123"}),
+            (
+                "setChannelVar",
+                {"channelId": "c1", "variable": "DIGITS_STATUS", "value": "completed"},
+            ),
+        ]

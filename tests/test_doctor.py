@@ -94,8 +94,9 @@ async def ari_objects(settings: Settings) -> dict[str, set[str]]:
 
 async def ari_objects_settle(settings: Settings, expected: dict[str, set[str]]) -> None:
     """The doctor leaves nothing behind. Asterisk drops a Stasis app only after its websocket
-    has closed, a moment after the probe returned: allowed 2 s."""
-    deadline = asyncio.get_running_loop().time() + 2.0
+    has closed, a moment after the probe returned (up to about 4 s on this 2-core machine
+    while the whole suite runs): allowed 5 s."""
+    deadline = asyncio.get_running_loop().time() + 5.0
     while (objects := await ari_objects(settings)) != expected:
         if asyncio.get_running_loop().time() > deadline:
             assert objects == expected

@@ -163,7 +163,7 @@ class AlwaysAnsweringAri:
     async def stop_playback(self, playback_id: str) -> None:
         pass
 
-    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+    async def set_variables(self, channel_id: str, variables: Any) -> None:
         pass
 
     async def continue_in_dialplan(self, channel_id: str) -> None:

@@ -116,12 +116,10 @@ class AriCallPort:
         await self._client().stop_playback(playback_id)
 
     async def set_variables(self, variables: Mapping[str, str]) -> None:
-        async def set_all(client: AriClient) -> None:
-            await asyncio.gather(
-                *(client.set_variable(self._channel_id, k, v) for k, v in variables.items())
-            )
-
-        await self._app.link.through_reconnect(set_all, f"channel {self._channel_id}: hand-back")
+        await self._app.link.through_reconnect(
+            lambda client: client.set_variables(self._channel_id, variables),
+            f"channel {self._channel_id}: hand-back",
+        )
 
     async def release(self) -> None:
         await self._app.link.through_reconnect(

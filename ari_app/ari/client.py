@@ -226,6 +226,15 @@ class AriClient:
             "channels", "setChannelVar", channelId=channel_id, variable=name, value=value
         )
 
+    async def set_variables(self, channel_id: str, variables: Mapping[str, str]) -> None:
+        """All in one request where Asterisk has one (22.10, 20.20 and later), else one each."""
+        if self._client is not None and hasattr(self._client.channels.api, "setChannelVars"):
+            await self._call(
+                "channels", "setChannelVars", channelId=channel_id, variables=dict(variables)
+            )
+            return
+        await asyncio.gather(*(self.set_variable(channel_id, k, v) for k, v in variables.items()))
+
     async def continue_in_dialplan(self, channel_id: str) -> None:
         await self._call("channels", "continueInDialplan", channelId=channel_id)
 
@@ -300,7 +309,7 @@ class AriClient:
             return False
         return True
 
-    async def _call(self, resource: str, operation: str, **params: str) -> Any:
+    async def _call(self, resource: str, operation: str, **params: object) -> Any:
         if self._client is None:
             raise AriUnreachable("not connected to ARI")
         try:
