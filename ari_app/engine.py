@@ -347,18 +347,8 @@ class DigitCollector:
                 return actions + self._fail(Status.SHORT, event.at)
             return actions + self._complete(TerminatedBy.STOP_KEY, event.at)
 
-        self._entered.append(key)
+        self._enter(event)
         self._paused.clear()  # a digit supersedes the timers speech had paused
-        self._digits.append(
-            DigitRecord(
-                key,
-                event.source,
-                self._attempt,
-                self._ms(event.at),
-                event.duration_ms,
-                event.confidence,
-            )
-        )
         if len(self._entered) >= params.max_digits:
             return actions + self._complete(TerminatedBy.MAX_DIGITS, event.at)
         actions.append(self._start_timer(Timer.INTER_DIGIT, params.dtmf_input_timeout, event.at))
@@ -517,17 +507,20 @@ class DigitCollector:
         for digit in digits:
             if digit.key in params.stop_keys or len(self._entered) >= params.max_digits:
                 return
-            self._entered.append(digit.key)
-            self._digits.append(
-                DigitRecord(
-                    digit.key,
-                    digit.source,
-                    self._attempt,
-                    self._ms(digit.at),
-                    digit.duration_ms,
-                    digit.confidence,
-                )
+            self._enter(digit)
+
+    def _enter(self, digit: Digit) -> None:
+        self._entered.append(digit.key)
+        self._digits.append(
+            DigitRecord(
+                digit.key,
+                digit.source,
+                self._attempt,
+                self._ms(digit.at),
+                digit.duration_ms,
+                digit.confidence,
             )
+        )
 
     def _release_held_keys(self, at: float) -> list[Action]:
         """The keys pressed while speech was being recognised, after its digits, as long as

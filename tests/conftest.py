@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -107,11 +108,10 @@ def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-async def service(asterisk: AsteriskSandbox, database_url: str) -> AsyncIterator[Service]:
-    """`ari-digits serve` in-process against the sandbox, on a fresh database."""
-    settings = service_settings(asterisk, database_url)
-    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Service]:
+    """`ari-digits serve` in-process with ``settings``, with its store and simulated callers."""
+    callers = SimulatedCallers(settings.ari_url, settings.ari_user, settings.ari_password)
     async with running_service(settings, connect_timeout=10) as app:
         store = Store.from_url(settings.database_url)
         try:
@@ -119,3 +119,10 @@ async def service(asterisk: AsteriskSandbox, database_url: str) -> AsyncIterator
         finally:
             await store.close()
             await callers.close()
+
+
+@pytest.fixture
+async def service(asterisk: AsteriskSandbox, database_url: str) -> AsyncIterator[Service]:
+    """`ari-digits serve` in-process against the sandbox, on a fresh database."""
+    async with serving(service_settings(asterisk, database_url)) as service:
+        yield service

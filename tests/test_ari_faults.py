@@ -20,12 +20,9 @@ import aiohttp
 import pytest
 
 from ari_app.ari.client import basic_authorization
-from ari_app.server import running_service
-from ari_app.store.repository import Store
 from devtools.sandbox import AsteriskSandbox
-from devtools.simulate import SimulatedCallers
 from tests.asterisk_harness import stored_entry
-from tests.conftest import Service, service_settings
+from tests.conftest import Service, service_settings, serving
 from tests.test_asterisk_calls import ari_port_open
 
 RESTARTS = 20
@@ -44,14 +41,8 @@ async def speech_service(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIter
         speech=True,
         ari_heartbeat=HEARTBEAT_S,
     )
-    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
-    async with running_service(settings, connect_timeout=10) as app:
-        store = Store.from_url(settings.database_url)
-        try:
-            yield Service(app, store, callers, settings)
-        finally:
-            await store.close()
-            await callers.close()
+    async with serving(settings) as service:
+        yield service
 
 
 async def wait_for_keys(service: Service, channel_id: str, missing: int) -> None:

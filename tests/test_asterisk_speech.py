@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from ari_app.server import running_service
-from ari_app.store.repository import Store
 from devtools.sandbox import AsteriskSandbox
 from devtools.simulate import SimulatedCallers, synthesize_caller_speech
 from tests.asterisk_harness import stored_entry
-from tests.conftest import Service, free_tcp_port, service_settings
+from tests.conftest import Service, free_tcp_port, service_settings, serving
 from tests.test_agi_calls import ensure_agi_dialplan
 
 pytestmark = pytest.mark.asterisk
@@ -60,14 +59,8 @@ async def speech_service(asterisk: AsteriskSandbox, tmp_path: Path) -> AsyncIter
     settings = service_settings(
         asterisk, f"sqlite+aiosqlite:///{tmp_path / 'speech.sqlite3'}", speech=True
     )
-    callers = SimulatedCallers(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password)
-    async with running_service(settings, connect_timeout=10) as app:
-        store = Store.from_url(settings.database_url)
-        try:
-            yield Service(app, store, callers, settings)
-        finally:
-            await store.close()
-            await callers.close()
+    async with serving(settings) as service:
+        yield service
 
 
 async def test_a_pin_with_double(speech_service: Service, voices: dict[str, str]) -> None:
