@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,9 +93,9 @@ class SlowableStore(Store):
 
     delay_s = 0.0
 
-    async def start_entry(self, start: EntryStart) -> int:
+    async def start_entries(self, starts: Sequence[EntryStart]) -> list[int]:
         await asyncio.sleep(self.delay_s)
-        return await super().start_entry(start)
+        return await super().start_entries(starts)
 
     async def entry_id_for_key(self, entry_key: str) -> int | None:
         await asyncio.sleep(self.delay_s)

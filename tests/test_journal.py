@@ -52,9 +52,9 @@ class SwitchedStore(Store):
             raise ConnectionRefusedError("the database is down (test switch)")
         await asyncio.sleep(self.delay_s)
 
-    async def start_entry(self, start: EntryStart) -> int:
+    async def start_entries(self, starts: Sequence[EntryStart]) -> list[int]:
         await self._reach()
-        return await super().start_entry(start)
+        return await super().start_entries(starts)
 
     async def entry_id_for_key(self, entry_key: str) -> int | None:
         await self._reach()

@@ -186,6 +186,21 @@ async def test_a_start_replayed_under_its_key_finds_its_row(store: Store) -> Non
     assert other != first
 
 
+async def test_a_batch_of_starts_is_stored_once_each_in_its_order(store: Store) -> None:
+    starts = [
+        dataclasses.replace(make_start(channel_id=f"c{i}"), entry_key=new_entry_key())
+        for i in range(5)
+    ]
+    replayed = await store.start_entry(starts[2])  # stored before, by an earlier drain
+    ids = await store.start_entries(starts)
+    assert ids[2] == replayed and len(set(ids)) == 5
+    assert await count_rows(store, entries_table) == 5
+    for start, entry_id in zip(starts, ids, strict=True):
+        entry = await store.get_entry(entry_id)
+        assert entry is not None and entry.channel_id == start.channel_id
+    assert await store.start_entries(starts) == ids
+
+
 async def test_entries_are_found_and_finished_by_their_key(store: Store) -> None:
     key = new_entry_key()
     await store.record_start(dataclasses.replace(make_start(), entry_key=key))
