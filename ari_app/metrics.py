@@ -286,7 +286,7 @@ class RecognizerCounters(Protocol):
     @property
     def behind_realtime(self) -> int: ...
     @property
-    def waited_for_room(self) -> int: ...
+    def refused_overloaded(self) -> int: ...
     @property
     def failed(self) -> int: ...
 
@@ -313,9 +313,9 @@ class _RecognizerCollector(Collector):
                 stats.behind_realtime,
             ),
             (
-                "queue_full_waits",
-                "Utterances that found the decode queue full and waited to enter it.",
-                stats.waited_for_room,
+                "overloaded_refusals",
+                "Utterances refused because the decode queue was full (heard as silence).",
+                stats.refused_overloaded,
             ),
             ("failed_decodes", "Decodes that raised.", stats.failed),
         )

@@ -330,8 +330,8 @@ async def run(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     print(
         f"\nlargest K that keeps up: {best}; recogniser: decoded {stats.decoded}, fallbacks "
-        f"{stats.fallbacks}, behind real time {stats.behind_realtime}, waited for room "
-        f"{stats.waited_for_room}; total {elapsed:.0f} s"
+        f"{stats.fallbacks}, behind real time {stats.behind_realtime}, refused (overloaded) "
+        f"{stats.refused_overloaded}; total {elapsed:.0f} s"
     )
     if args.json:
         meta: dict[str, Any] = {

@@ -131,15 +131,18 @@ def test_recognizer_counters_are_read_at_each_scrape() -> None:
         queued_now=2,
         running_now=1,
         behind_realtime=3,
-        waited_for_room=0,
+        refused_overloaded=0,
         failed=0,
     )
     current = [stats]
     metrics.watch_recognizer(lambda: current[0])
     assert sample(metrics, "ari_digits_speech_behind_realtime_decodes_total") == 3
     assert sample(metrics, "ari_digits_speech_queued_decodes") == 2
-    current[0] = replace(stats, decoded=9, behind_realtime=4, failed=1, queued_now=0)
+    current[0] = replace(
+        stats, decoded=9, behind_realtime=4, failed=1, queued_now=0, refused_overloaded=2
+    )
     samples = scraped(metrics.exposition("")[0].decode())
+    assert scraped_value(samples, "ari_digits_speech_overloaded_refusals_total") == 2
     assert scraped_value(samples, "ari_digits_speech_decodes_total") == 9
     assert scraped_value(samples, "ari_digits_speech_behind_realtime_decodes_total") == 4
     assert scraped_value(samples, "ari_digits_speech_failed_decodes_total") == 1

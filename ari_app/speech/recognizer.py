@@ -68,7 +68,9 @@ windows are decoded at most two at a time, so RSS does not ratchet up with each 
 
 Concurrency: decodes run in a thread pool of ``workers`` threads (``threads`` CPU threads each).
 At most ``max_queue`` requests wait for a worker; beyond that, :meth:`DigitRecognizer.recognize`
-waits for room (back-pressure: a burst costs latency, never a dropped utterance).
+refuses the utterance at once (``rejected="overloaded"``): an overloaded recogniser would only
+answer later and later for everyone, and a refused turn is silence to the rules (keys still
+work, no digit is invented, the caller is asked again).
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class RecognizerSettings:
     model: str = ""
     threads: int = 1  # CPU threads per decode
     workers: int = 2  # decodes in parallel
-    max_queue: int = 16  # requests waiting for a worker before recognize() itself waits
+    max_queue: int = 16  # requests waiting for a worker; past that, utterances are refused
     compute_type: str = "int8"
     beam_size: int = 5
     window_s: float = 15.0  # encoder window; grows to 30 s for longer audio
@@ -221,7 +223,7 @@ class RecognizerStats:
     queued_now: int  # requests waiting for a worker
     running_now: int  # decodes in progress
     behind_realtime: int  # decodes slower than the audio, or that waited too long for a worker
-    waited_for_room: int  # requests that found the queue full and had to wait to enter it
+    refused_overloaded: int  # requests refused because the queue was full
     failed: int  # decodes that raised
 
 
@@ -835,7 +837,7 @@ class DigitRecognizer:
         )
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
-            ("decoded", "fallbacks", "queued", "running", "behind", "waited", "failed"), 0
+            ("decoded", "fallbacks", "queued", "running", "behind", "refused", "failed"), 0
         )
         self._admission: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -857,7 +859,7 @@ class DigitRecognizer:
             queued_now=c["queued"],
             running_now=c["running"],
             behind_realtime=c["behind"],
-            waited_for_room=c["waited"],
+            refused_overloaded=c["refused"],
             failed=c["failed"],
         )
 
@@ -874,8 +876,8 @@ class DigitRecognizer:
         ``expected_digits``: how many digits the entry still needs, when that count is exact
         (``num_digits``); a hint against dropped digits, never a requirement. Raises
         :class:`ValueError` for audio that is not a finite 1-D float array; an empty array
-        gives an empty result. Waits (never drops) when ``max_queue`` requests are already
-        waiting.
+        gives an empty result. Refuses the utterance (``rejected="overloaded"``, at once) when
+        ``max_queue`` requests are already waiting.
         """
         samples = _check_audio(audio)
         if self._closed:
@@ -883,10 +885,17 @@ class DigitRecognizer:
         admission = self._admission_for(asyncio.get_running_loop())
         submitted = time.perf_counter()
         if admission.locked():
-            self._count("waited")
+            self._count("refused")
             log.warning(
-                "speech: %d utterances already wait for a decoder; this one waits to enter",
+                "speech: %d utterances already wait for a decoder; this one is refused",
                 self.settings.max_queue,
+            )
+            return Recognition(
+                text="",
+                audio_ms=len(samples) * 1000 // SAMPLE_RATE,
+                queued_ms=0.0,
+                decode_ms=0.0,
+                rejected="overloaded",
             )
         await admission.acquire()
         self._count("queued")
