@@ -130,17 +130,22 @@ async def open_speech(settings: Settings) -> SpeechResources:
     try:
         recognizer = await asyncio.to_thread(
             DigitRecognizer.load,
-            RecognizerSettings(model=settings.speech_model, workers=settings.speech_workers),
+            RecognizerSettings(
+                model=settings.speech_model,
+                workers=settings.speech_workers,
+                device=settings.speech_device,
+            ),
         )
     except BaseException:
         receiver.close()
         raise
     advertised = settings.rtp_advertised_host or settings.rtp_host
     log.info(
-        "speech: RTP on %s:%d (Asterisk sends to %s), model %s",
+        "speech: RTP on %s:%d (Asterisk sends to %s), model %s on %s",
         *receiver.address,
         advertised,
         settings.speech_model or "tiny.en (bundled)",
+        settings.speech_device,
     )
     return SpeechResources(receiver, recognizer, advertised)
 

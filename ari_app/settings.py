@@ -17,6 +17,9 @@ class SettingsError(ValueError):
     """A setting is missing or malformed."""
 
 
+SPEECH_DEVICES = ("cpu", "cuda", "auto")  # as faster-whisper takes them
+
+
 @dataclass(frozen=True)
 class Settings:
     ari_url: str = "http://127.0.0.1:8088/"
@@ -49,6 +52,7 @@ class Settings:
     rtp_advertised_host: str = ""  # what Asterisk sends to; "" = rtp_host
     speech_model: str = ""  # a CTranslate2 Whisper directory or name; "" = bundled tiny.en
     speech_workers: int = 2
+    speech_device: str = "cpu"  # "cuda": faster-whisper on a GPU (CTranslate2 built with CUDA)
     # The HTTP server (health, readiness, metrics, text prompts' media) always runs; its
     # operators' API (/api) answers only once a token is set.
     api_host: str = "127.0.0.1"
@@ -101,6 +105,9 @@ class Settings:
             raise SettingsError("SPEECH_WORKERS must be a whole number") from None
         if workers < 1:
             raise SettingsError("SPEECH_WORKERS must be at least 1")
+        device = text("SPEECH_DEVICE", defaults.speech_device).lower()
+        if device not in SPEECH_DEVICES:
+            raise SettingsError(f"SPEECH_DEVICE must be one of {', '.join(SPEECH_DEVICES)}")
         rtp_host = text("RTP_HOST", defaults.rtp_host)
         try:
             api_port = int(text("API_PORT", str(defaults.api_port)))
@@ -142,6 +149,7 @@ class Settings:
             rtp_advertised_host=text("RTP_ADVERTISED_HOST", ""),
             speech_model=text("SPEECH_MODEL", ""),
             speech_workers=workers,
+            speech_device=device,
             ari_url=url if url.endswith("/") else url + "/",
             ari_user=text("ARI_USER", defaults.ari_user),
             ari_password=env.get("ARI_PASSWORD", ""),

@@ -16,10 +16,12 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import ctranslate2
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ari_app.settings import Settings, SettingsError
 from ari_app.speech.recognizer import (
     SAMPLE_RATE,
     DigitRecognizer,
@@ -249,6 +251,28 @@ async def test_closed_recognizer_refuses_work(pin: Audio) -> None:
 def test_bad_model_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="could not load the Whisper model"):
         DigitRecognizer.load(RecognizerSettings(model=str(tmp_path / "missing")))
+
+
+async def test_speech_device_cuda_reaches_faster_whisper(pin: Audio) -> None:
+    """SPEECH_DEVICE=cuda decodes on the GPU where CTranslate2 sees one; elsewhere (as on the
+    project's CI machine) loading fails with a clear error instead of falling back unseen."""
+    settings = RecognizerSettings(workers=1, device="cuda")
+    if ctranslate2.get_cuda_device_count() == 0:
+        with pytest.raises(RuntimeError, match=r"could not load the Whisper model.*CUDA"):
+            DigitRecognizer.load(settings)
+        return
+    recognizer = DigitRecognizer.load(settings)
+    try:
+        assert (await recognizer.recognize(pin, max_digits=4)).digits == "4719"
+    finally:
+        await recognizer.close()
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:0", "tpu"])
+def test_a_bad_speech_device_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="SPEECH_DEVICE"):
+        Settings.from_env({"SPEECH_DEVICE": value})
+    assert Settings.from_env({"SPEECH_DEVICE": "CUDA"}).speech_device == "cuda"
 
 
 def test_bad_settings_are_refused() -> None:

@@ -142,6 +142,7 @@ class RecognizerSettings:
     workers: int = 2  # decodes in parallel
     max_queue: int = 16  # requests waiting for a worker; past that, utterances are refused
     compute_type: str = "int8"
+    device: str = "cpu"  # or "cuda" (or "auto"), passed to faster-whisper
     beam_size: int = 5
     window_s: float = 15.0  # encoder window; grows to 30 s for longer audio
     padding_ms: int = 250  # silence added before and after the utterance
@@ -240,7 +241,7 @@ class _Decoder:
         try:
             whisper = WhisperModel(
                 model,
-                device="cpu",
+                device=settings.device,
                 compute_type=settings.compute_type,
                 cpu_threads=settings.threads,
                 num_workers=settings.workers,
