@@ -60,7 +60,8 @@ DB_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 class Metrics:
     """The service's metrics and the one registry they live in."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ari_endpoints: int = 1) -> None:
+        """``ari_endpoints``: how many Asterisks ARI_URL lists (each its own connection)."""
         self.registry = CollectorRegistry()
         registry = self.registry
         self._entries_started = Counter(
@@ -105,12 +106,15 @@ class Metrics:
         )
         self._ari_connected = Gauge(
             f"{PREFIX}_ari_connected",
-            "1 while the ARI event websocket is connected, else 0.",
+            "1 while the ARI event websocket is connected, else 0; `endpoint` is the Asterisk's "
+            "position in ARI_URL (1, 2, ...: this open route names no hosts).",
+            ["endpoint"],
             registry=registry,
         )
         self._ari_reconnects = Counter(
             f"{PREFIX}_ari_reconnects_total",
-            "Successful reconnections to ARI after a lost connection.",
+            "Successful reconnections to ARI after a lost connection, by `endpoint`.",
+            ["endpoint"],
             registry=registry,
         )
         self._speech_decode = Histogram(
@@ -178,7 +182,9 @@ class Metrics:
         for operation in DB_OPERATIONS:
             self._db_write.labels(operation)
             self._db_errors.labels(operation)
-        self._ari_connected.set(0)
+        for endpoint in range(1, ari_endpoints + 1):
+            self._ari_connected.labels(str(endpoint)).set(0)
+            self._ari_reconnects.labels(str(endpoint))
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -207,11 +213,11 @@ class Metrics:
 
     # --- ARI ------------------------------------------------------------------------------
 
-    def ari_connection(self, *, connected: bool) -> None:
-        self._ari_connected.set(1 if connected else 0)
+    def ari_connection(self, endpoint: int, *, connected: bool) -> None:
+        self._ari_connected.labels(str(endpoint)).set(1 if connected else 0)
 
-    def ari_reconnected(self) -> None:
-        self._ari_reconnects.inc()
+    def ari_reconnected(self, endpoint: int) -> None:
+        self._ari_reconnects.labels(str(endpoint)).inc()
 
     # --- speech ---------------------------------------------------------------------------
 

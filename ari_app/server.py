@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from ari_app.agi import running_agi_server
-from ari_app.ari.app import AriApplication, SpeechResources
+from ari_app.ari.app import AriApplication, AriApplications, SpeechResources
 from ari_app.hash_key import with_hash_key
 from ari_app.http import running_http_api
 from ari_app.http.media import media_routes
@@ -31,14 +31,15 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def running_service(
     settings: Settings, *, connect_timeout: float | None = None
-) -> AsyncIterator[AriApplication]:
-    """Migrate, replay the journal, recover stale rows, run the ARI application; stop
-    cleanly on exit.
+) -> AsyncIterator[AriApplications]:
+    """Migrate, replay the journal, recover stale rows, run the ARI application (a connection
+    to each Asterisk in ``settings.ari_urls``); stop cleanly on exit.
 
-    With ``connect_timeout`` the context waits until ARI is connected (tests, the demo).
+    With ``connect_timeout`` the context waits until every Asterisk is connected (tests, the
+    demo).
     """
     await upgrade_to_head_async(settings.database_url)
-    metrics = Metrics()
+    metrics = Metrics(ari_endpoints=len(settings.ari_urls))
     store = Store.from_url(settings.database_url, metrics=metrics)
     speech: SpeechResources | None = None
     journal: Journal | None = None
@@ -66,7 +67,19 @@ async def running_service(
             metrics.watch_recognizer(lambda: recognizer.stats)
         prompts = text_prompts(settings)
         # Sessions record into the journal: the hand-back never waits for the database.
-        app = AriApplication(settings, journal, speech=speech, metrics=metrics, prompts=prompts)
+        ari = AriApplications(
+            [
+                AriApplication(
+                    settings.for_asterisk(url),
+                    journal,
+                    speech=speech,
+                    metrics=metrics,
+                    prompts=prompts,
+                    endpoint=endpoint,
+                )
+                for endpoint, url in enumerate(settings.ari_urls, start=1)
+            ]
+        )
         async with contextlib.AsyncExitStack() as services:
             services.push_async_callback(prompts.close)  # runs last: renders outlive calls
             http = await services.enter_async_context(
@@ -76,7 +89,7 @@ async def running_service(
                     port=settings.api_port,
                     token=settings.api_token,
                     metrics=metrics,
-                    ari_connected=app.connected.is_set,
+                    ari_connected=ari.connected,
                     journal_backlog=journal.backlog,
                     open_routes=media_routes(prompts.cache.directory),
                 )
@@ -95,19 +108,19 @@ async def running_service(
                     settings,
                     journal,
                     hash_key=settings.hash_key,
-                    on_session=app.tap_speech,
+                    on_session=ari.tap_speech,
                     metrics=metrics,
                     prompts=prompts,
                 )
             )
             # ARI last: the first call must find the media URL (text prompts) already known.
             # On exit it stops first, so its calls' rows are stored before anything closes.
-            runner = asyncio.create_task(app.run(), name="ari-application")
-            services.push_async_callback(_stop_application, app, runner)
+            runner = asyncio.create_task(ari.run(), name="ari-application")
+            services.push_async_callback(_stop_application, ari, runner)
             if connect_timeout is not None:
                 async with asyncio.timeout(connect_timeout):
-                    await app.connected.wait()
-            yield app
+                    await ari.wait_connected()
+            yield ari
     finally:
         if speech is not None:
             speech.receiver.close()
@@ -117,8 +130,8 @@ async def running_service(
         await store.close()
 
 
-async def _stop_application(app: AriApplication, runner: asyncio.Task[None]) -> None:
-    await app.shutdown()
+async def _stop_application(ari: AriApplications, runner: asyncio.Task[None]) -> None:
+    await ari.shutdown()
     runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await runner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///ari-digits.sqlite3"
 # Next to the default SQLite database: where serve keeps the key it generates when
@@ -23,6 +23,9 @@ SPEECH_DEVICES = ("cpu", "cuda", "auto")  # as faster-whisper takes them
 @dataclass(frozen=True)
 class Settings:
     ari_url: str = "http://127.0.0.1:8088/"
+    # Further Asterisks (ARI_URL given as a comma-separated list), each with a connection of
+    # its own; they share ARI_USER, ARI_PASSWORD and ARI_APP.
+    more_ari_urls: tuple[str, ...] = ()
     ari_user: str = "ari-digits"
     ari_password: str = ""
     ari_app: str = "digits"
@@ -69,6 +72,15 @@ class Settings:
     tts_cache_dir: str = ""
     media_base_url: str = ""
 
+    @property
+    def ari_urls(self) -> tuple[str, ...]:
+        """Every Asterisk to take calls from, in ARI_URL's order."""
+        return (self.ari_url, *self.more_ari_urls)
+
+    def for_asterisk(self, url: str) -> Settings:
+        """These settings seen from one Asterisk: ``url`` is the only ARI endpoint."""
+        return replace(self, ari_url=url, more_ari_urls=())
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -93,9 +105,7 @@ class Settings:
             raise SettingsError("ARI_MAX_CONNECTIONS must be a whole number") from None
         if connections < 1:
             raise SettingsError("ARI_MAX_CONNECTIONS must be at least 1")
-        url = text("ARI_URL", defaults.ari_url)
-        if not url.startswith(("http://", "https://")):
-            raise SettingsError(f"ARI_URL must start with http:// or https://, got {url!r}")
+        first_url, *more_urls = parse_ari_urls(text("ARI_URL", defaults.ari_url))
         speech = text("SPEECH", "on").lower()
         if speech not in ("on", "off"):
             raise SettingsError(f"SPEECH must be on or off, got {speech!r}")
@@ -150,7 +160,8 @@ class Settings:
             speech_model=text("SPEECH_MODEL", ""),
             speech_workers=workers,
             speech_device=device,
-            ari_url=url if url.endswith("/") else url + "/",
+            ari_url=first_url,
+            more_ari_urls=tuple(more_urls),
             ari_user=text("ARI_USER", defaults.ari_user),
             ari_password=env.get("ARI_PASSWORD", ""),
             ari_app=text("ARI_APP", defaults.ari_app),
@@ -165,6 +176,24 @@ class Settings:
             ari_heartbeat=heartbeat,
             ari_max_connections=connections,
         )
+
+
+def parse_ari_urls(raw: str) -> list[str]:
+    """``ARI_URL``: one URL, or several separated by commas (one per Asterisk); each ends
+    with ``/`` once parsed."""
+    urls: list[str] = []
+    for item in raw.split(","):
+        url = item.strip()
+        if not url:
+            raise SettingsError(f"ARI_URL has an empty item (a stray comma?): {raw!r}")
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"ARI_URL must start with http:// or https://, got {url!r}")
+        url = url if url.endswith("/") else url + "/"
+        if url in urls:
+            # Two connections to one Asterisk would register the Stasis app twice.
+            raise SettingsError(f"ARI_URL lists {url} twice: give each Asterisk once")
+        urls.append(url)
+    return urls
 
 
 def _port_range(raw: str) -> tuple[int, int]:

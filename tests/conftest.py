@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ari_app.ari.app import AriApplication
+from ari_app.ari.app import AriApplication, AriApplications
 from ari_app.server import running_service
 from ari_app.settings import Settings
 from ari_app.store.migrate import upgrade_to_head
@@ -41,10 +41,15 @@ def asterisk() -> Iterator[AsteriskSandbox]:
 
 @dataclass
 class Service:
-    app: AriApplication
+    ari: AriApplications
     store: Store
     callers: SimulatedCallers
     settings: Settings
+
+    @property
+    def app(self) -> AriApplication:
+        """The connection to the first Asterisk (in most tests the only one)."""
+        return self.ari.apps[0]
 
 
 def free_tcp_port() -> int:
@@ -112,10 +117,10 @@ def migrated_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def serving(settings: Settings) -> AsyncIterator[Service]:
     """`ari-digits serve` in-process with ``settings``, with its store and simulated callers."""
     callers = SimulatedCallers(settings.ari_url, settings.ari_user, settings.ari_password)
-    async with running_service(settings, connect_timeout=10) as app:
+    async with running_service(settings, connect_timeout=10) as ari:
         store = Store.from_url(settings.database_url)
         try:
-            yield Service(app, store, callers, settings)
+            yield Service(ari, store, callers, settings)
         finally:
             await store.close()
             await callers.close()

@@ -119,8 +119,8 @@ def test_every_series_exists_before_the_first_call() -> None:
         assert scraped_value(samples, "ari_digits_digits_total", source=source) == 0
     for operation in DB_OPERATIONS:
         assert scraped_value(samples, "ari_digits_db_write_errors_total", operation=operation) == 0
-    assert scraped_value(samples, "ari_digits_ari_connected") == 0
-    assert scraped_value(samples, "ari_digits_ari_reconnects_total") == 0
+    assert scraped_value(samples, "ari_digits_ari_connected", endpoint="1") == 0
+    assert scraped_value(samples, "ari_digits_ari_reconnects_total", endpoint="1") == 0
 
 
 def test_recognizer_counters_are_read_at_each_scrape() -> None:
@@ -337,14 +337,14 @@ async def test_ari_connection_state_and_reconnects() -> None:
     runner = asyncio.create_task(app.run())
     try:
         await wait_until(app.connected.is_set)
-        assert sample(metrics, "ari_digits_ari_connected") == 1
+        assert sample(metrics, "ari_digits_ari_connected", endpoint="1") == 1
         first.drop.set()
         await wait_until(lambda: not app.connected.is_set())
-        assert sample(metrics, "ari_digits_ari_connected") == 0
-        assert sample(metrics, "ari_digits_ari_reconnects_total") == 0
+        assert sample(metrics, "ari_digits_ari_connected", endpoint="1") == 0
+        assert sample(metrics, "ari_digits_ari_reconnects_total", endpoint="1") == 0
         await wait_until(app.connected.is_set)
-        assert sample(metrics, "ari_digits_ari_connected") == 1
-        assert sample(metrics, "ari_digits_ari_reconnects_total") == 1
+        assert sample(metrics, "ari_digits_ari_connected", endpoint="1") == 1
+        assert sample(metrics, "ari_digits_ari_reconnects_total", endpoint="1") == 1
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -412,7 +412,7 @@ async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> N
 async def test_readiness_needs_ari_and_the_database(database_url: str, ari_up: bool) -> None:
     store = Store.from_url(database_url)
     try:
-        async with serving(store, token="", ari_connected=lambda: ari_up) as http:
+        async with serving(store, token="", ari_connected=lambda: [ari_up]) as http:
             status, text, response = await http.get("/readyz")
     finally:
         await store.close()
@@ -433,11 +433,36 @@ async def test_readiness_needs_ari_and_the_database(database_url: str, ari_up: b
         }
 
 
+@pytest.mark.parametrize(
+    ("states", "http_status", "ari_check"),
+    [
+        ([True, False, True], 200, "degraded"),
+        ([False, False], 503, "not connected"),
+        ([True, True], 200, "ok"),
+    ],
+)
+async def test_readiness_with_several_asterisks_names_each(
+    tmp_path: Path, states: list[bool], http_status: int, ari_check: str
+) -> None:
+    """Calls still flow through the Asterisks that are connected: ready while one is."""
+    store = Store.from_url(f"sqlite+aiosqlite:///{tmp_path / 'ready.sqlite3'}")
+    try:
+        async with serving(store, token="", ari_connected=lambda: states) as http:
+            status, text, _ = await http.get("/readyz")
+    finally:
+        await store.close()
+    body = json.loads(text)
+    assert (status, body["checks"]["ari"]) == (http_status, ari_check)
+    assert body["ari_endpoints"] == {
+        str(n): "ok" if up else "not connected" for n, up in enumerate(states, start=1)
+    }
+
+
 async def test_an_unreachable_database_is_not_ready(caplog: pytest.LogCaptureFixture) -> None:
     # Nothing listens on the port: the connection is refused at once.
     store = Store.from_url(f"postgresql+asyncpg://postgres@127.0.0.1:{free_tcp_port()}/none")
     try:
-        async with serving(store, token="", ari_connected=lambda: True) as http:
+        async with serving(store, token="", ari_connected=lambda: [True]) as http:
             status, text, _ = await http.get("/readyz")
     finally:
         await store.close()
@@ -492,7 +517,7 @@ async def test_the_service_serves_health_metrics_and_readiness_without_ari_or_to
         status, text, _ = await http.get("/metrics")
         assert status == 200
         samples = scraped(text)
-        assert scraped_value(samples, "ari_digits_ari_connected") == 0
+        assert scraped_value(samples, "ari_digits_ari_connected", endpoint="1") == 0
         assert scraped_value(samples, "ari_digits_speech_decodes_total") == 0
         assert scraped_value(samples, "ari_digits_speech_behind_realtime_decodes_total") == 0
         for path in ("/api/entries", "/api/stats", "/nope"):
@@ -513,7 +538,7 @@ async def test_a_real_keyed_call_shows_in_the_scraped_metrics(service: Service) 
         assert json.loads(text)["checks"] == {"ari": "ok", "database": "ok", "journal": "ok"}
         assert json.loads(text)["journal"] == {"backlog": 0, "oldest_unsent_s": None}
         before = scraped((await http.get("/metrics"))[1])
-        assert scraped_value(before, "ari_digits_ari_connected") == 1
+        assert scraped_value(before, "ari_digits_ari_connected", endpoint="1") == 1
 
         call = await service.callers.place_call(
             f"num_digits=4,label=pin,{QUICK}", "wait:0.5^dtmf:2468"

@@ -1,4 +1,5 @@
-"""The Stasis application: one connection to ARI, kept alive, routing events to call tasks."""
+"""The Stasis application: one connection to ARI per Asterisk, kept alive, routing events to
+call tasks."""
 
 from __future__ import annotations
 
@@ -225,7 +226,11 @@ class _Outage:
 
 
 class AriApplication:
-    """Keeps one ARI connection alive and runs each caller's entry through the session runner."""
+    """Keeps one ARI connection alive (to the Asterisk at ``settings.ari_url``) and runs each
+    caller's entry through the session runner.
+
+    ``endpoint``: that Asterisk's position in ARI_URL, for the metrics.
+    """
 
     def __init__(
         self,
@@ -236,7 +241,9 @@ class AriApplication:
         speech: SpeechResources | None = None,
         metrics: Metrics | None = None,
         prompts: TextPrompts | None = None,
+        endpoint: int = 1,
     ) -> None:
+        self.endpoint = endpoint
         self._speech = speech
         self.prompts = prompts or text_prompts(settings)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -270,10 +277,10 @@ class AriApplication:
                 await wait_until_subscribed(listening, opened)
                 self.client = client
                 self.connected.set()
-                self.metrics.ari_connection(connected=True)
+                self.metrics.ari_connection(self.endpoint, connected=True)
                 if attempt:
                     self.reconnects += 1
-                    self.metrics.ari_reconnected()
+                    self.metrics.ari_reconnected(self.endpoint)
                     log.info(
                         "reconnected to ARI at %s (%s)", self._settings.ari_url, outage.summary()
                     )
@@ -295,7 +302,7 @@ class AriApplication:
                     listening.cancel()
                     await asyncio.gather(listening, return_exceptions=True)
                 self.connected.clear()
-                self.metrics.ari_connection(connected=False)
+                self.metrics.ari_connection(self.endpoint, connected=False)
                 self.client = None
                 await client.close()
             attempt += 1
@@ -373,11 +380,19 @@ class AriApplication:
 
     def tap_speech(self, session: SessionInbox) -> None:
         """Hear the caller of this entry (any channel: Stasis or FastAGI), if speech is on."""
+        tap = self.speech_tap(session)
+        if tap is not None:
+            session.attach(tap)
+            tap.start()
+
+    def speech_tap(self, session: SessionInbox) -> AriSpeechTap | None:
+        """A tap on the entry's channel through this Asterisk, not started yet; None when
+        speech is off, ARI is disconnected or the entry takes keys only."""
         params = session.params
         if self._speech is None or self.client is None or params is None:
-            return
+            return None
         if not params.accepts_speech:
-            return
+            return None
         listener = SpeechListener(
             session,
             self._speech.recognizer,
@@ -392,8 +407,17 @@ class AriApplication:
             channel_id=session.info.channel_id,
             advertised_host=self._speech.advertised_host,
         )
-        session.attach(tap)
-        tap.start()
+        return tap
+
+    async def has_channel(self, channel_id: str) -> bool:
+        """Whether this Asterisk has the channel now (False while ARI is disconnected)."""
+        client = self.client
+        if client is None:
+            return False
+        try:
+            return await client.channel_exists(channel_id)
+        except TransportError:
+            return False
 
     async def wait_idle(self, within: float) -> None:
         """Wait until no entry is in progress (every result stored)."""
@@ -403,3 +427,101 @@ class AriApplication:
         """Let running entries end as interrupted and store their rows before exiting."""
         await self.runner.close(grace)
         await self.link.close()
+
+
+class AriApplications:
+    """One :class:`AriApplication` per Asterisk in ARI_URL, side by side.
+
+    Each has its own connection, reconnect loop, heartbeat and entries in progress (channel ids
+    are only unique within one Asterisk), so an Asterisk going down touches its own calls only,
+    and a channel is answered, played to, tapped and handed back through the Asterisk it came
+    from. They share the store, the metrics, the speech resources and the text prompts.
+    """
+
+    def __init__(self, apps: Sequence[AriApplication]) -> None:
+        if not apps:
+            raise ValueError("no ARI application to run")
+        self.apps = tuple(apps)
+        self.prompts = self.apps[0].prompts
+
+    def connected(self) -> list[bool]:
+        """Each Asterisk's connection state, in ARI_URL's order."""
+        return [app.connected.is_set() for app in self.apps]
+
+    async def wait_connected(self) -> None:
+        """Return once every Asterisk is connected."""
+        for app in self.apps:
+            await app.connected.wait()
+
+    async def run(self) -> None:
+        """Run every connection until cancelled (each reconnects on its own)."""
+        async with asyncio.TaskGroup() as group:
+            for app in self.apps:
+                group.create_task(app.run(), name=f"ari-application-{app.endpoint}")
+
+    def tap_speech(self, session: SessionInbox) -> None:
+        """Hear a FastAGI entry's caller through the Asterisk its channel lives on."""
+        if len(self.apps) == 1:
+            self.apps[0].tap_speech(session)
+            return
+        params = session.params
+        if params is not None and params.accepts_speech:
+            session.attach(_TapWhereTheChannelIs(self.apps, session))
+
+    async def wait_idle(self, within: float) -> None:
+        """Wait until no entry is in progress on any Asterisk (every result stored)."""
+        async with asyncio.timeout(within):
+            await asyncio.gather(*(app.wait_idle(within) for app in self.apps))
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        await asyncio.gather(*(app.shutdown(grace) for app in self.apps))
+
+
+class _TapWhereTheChannelIs:
+    """A FastAGI entry's speech tap when several Asterisks are connected: the AGI environment
+    does not say which one runs the channel, so each is asked and the tap opens on the one
+    that has it. None, or more than one (channel ids collide across Asterisks that share no
+    ``systemname``): the entry goes on with keys only."""
+
+    def __init__(self, apps: Sequence[AriApplication], session: SessionInbox) -> None:
+        self._session = session
+        self._tap: AriSpeechTap | None = None
+        self._caller_gone = False
+        self._finding = asyncio.create_task(
+            self._open(apps), name=f"find-{session.info.channel_id}"
+        )
+
+    async def _open(self, apps: Sequence[AriApplication]) -> None:
+        channel_id = self._session.info.channel_id
+        try:
+            found = await asyncio.gather(*(app.has_channel(channel_id) for app in apps))
+            owners = [app for app, has in zip(apps, found, strict=True) if has]
+            if len(owners) != 1:
+                log.warning(
+                    "channel %s: speech is unavailable: %s",
+                    channel_id,
+                    "no connected Asterisk has this channel"
+                    if not owners
+                    else f"{len(owners)} Asterisks have a channel with this id "
+                    "(give each a systemname in asterisk.conf)",
+                )
+                return
+            self._tap = owners[0].speech_tap(self._session)
+            if self._tap is not None:
+                self._tap.start()
+                if self._caller_gone:
+                    self._tap.caller_gone()
+        except Exception:
+            log.exception("channel %s: the speech tap failed", channel_id)
+
+    def caller_gone(self) -> None:
+        self._caller_gone = True
+        if self._tap is not None:
+            self._tap.caller_gone()
+
+    async def close(self) -> None:
+        # A lookup still waiting on a stalled Asterisk must not hold up the entry's result.
+        self._finding.cancel()
+        await asyncio.gather(self._finding, return_exceptions=True)
+        if self._tap is not None:
+            await self._tap.close()

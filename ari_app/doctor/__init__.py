@@ -4,7 +4,9 @@ One module per check, each a small coroutine (or a pure function over what ARI a
 returning a :class:`~ari_app.doctor.report.CheckResult`: :mod:`.ari`, :mod:`.modules`,
 :mod:`.stasis_app`, :mod:`.sounds`, :mod:`.rtp_probe`, :mod:`.database`, :mod:`.journal`,
 :mod:`.text_engine`, and last the safe-defaults checks of :mod:`.security` (hash key, ARI
-password, TLS, API token).
+password, TLS, API token). Where ARI_URL lists several Asterisks, the checks of one Asterisk
+run for each, named ``[1] ari``, ``[2] ari``, ... by position, and :mod:`.asterisk_ids` checks
+that their entity ids differ.
 ARI is reached through the product's own client (:mod:`ari_app.ari.client`).
 :func:`~ari_app.doctor.run.run_checks` runs them in order and the command prints one line per
 check as it completes. Checks that need ARI are skipped, not failed, when ARI itself is

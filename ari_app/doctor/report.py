@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class Status(enum.StrEnum):
@@ -24,6 +24,11 @@ class CheckResult:
     def line(self) -> str:
         text = f"{self.status.value:<4}  {self.name:<36} {self.detail}"
         return f"{text} -> {self.fix}" if self.fix else text
+
+
+def on_asterisk(result: CheckResult, endpoint: int) -> CheckResult:
+    """A check of one Asterisk among several, named by its position in ARI_URL."""
+    return replace(result, name=f"[{endpoint}] {result.name}")
 
 
 def summary(results: Sequence[CheckResult]) -> str:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from ari_app.ari.client import AriClient
 from ari_app.doctor.ari import check_ari
+from ari_app.doctor.asterisk_ids import check_asterisk_ids, fetch_entity_id
 from ari_app.doctor.database import check_database
 from ari_app.doctor.journal import check_journal
 from ari_app.doctor.modules import SPEECH_MODULES, check_modules, fetch_modules, required_modules
-from ari_app.doctor.report import CheckResult, Status, exit_status, summary
+from ari_app.doctor.report import CheckResult, Status, exit_status, on_asterisk, summary
 from ari_app.doctor.rtp_probe import probe_rtp
 from ari_app.doctor.security import check_security
 from ari_app.doctor.sounds import check_sounds, has_text, parse_prompts, prompt_sounds
@@ -36,19 +37,23 @@ async def run_checks(
     prompts, refused = parse_prompts(extra_prompts)
     for result in refused:
         report(result)
-    # Lookups only: this client never opens the event websocket (see the package docstring).
-    client = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
-    try:
-        ari = await check_ari(client, settings)
-        report(ari)
-        if ari.status is Status.PASS:
-            async for result in _ari_checks(client, settings, prompts):
-                report(result)
-        else:
-            for name in ("modules", "stasis-app", "sounds", "rtp-probe"):
-                report(CheckResult(name, Status.SKIP, "needs ARI"))
-    finally:
-        await client.close()
+    several = bool(settings.more_ari_urls)
+    entity_ids: dict[int, str | None] = {}
+    for endpoint, url in enumerate(settings.ari_urls, start=1):
+        one = settings.for_asterisk(url)
+        # Lookups only: this client never opens the event websocket (see the package docstring).
+        client = AriClient(url, one.ari_user, one.ari_password, one.ari_app)
+        try:
+            reachable = False
+            async for result in _asterisk_checks(client, one, prompts):
+                reachable = reachable or (result.name == "ari" and result.status is Status.PASS)
+                report(on_asterisk(result, endpoint) if several else result)
+            if several and reachable:
+                entity_ids[endpoint] = await fetch_entity_id(client)
+        finally:
+            await client.close()
+    if several:
+        report(check_asterisk_ids(entity_ids))
     report(await check_database(settings.database_url))
     report(await check_journal(settings.journal_path))
     if has_text(prompts):
@@ -58,9 +63,16 @@ async def run_checks(
     return results
 
 
-async def _ari_checks(
+async def _asterisk_checks(
     client: AriClient, settings: Settings, extra_prompts: Sequence[Sequence[str]]
 ) -> AsyncIterator[CheckResult]:
+    """The checks of the one Asterisk at ``settings.ari_url``."""
+    ari = await check_ari(client, settings)
+    yield ari
+    if ari.status is not Status.PASS:
+        for name in ("modules", "stasis-app", "sounds", "rtp-probe"):
+            yield CheckResult(name, Status.SKIP, "needs ARI")
+        return
     loaded = await fetch_modules(client)
     if isinstance(loaded, CheckResult):
         yield loaded

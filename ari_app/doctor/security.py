@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ari_app.doctor.report import CheckResult, Status
+from ari_app.doctor.report import CheckResult, Status, on_asterisk
 from ari_app.hash_key import is_private
 from ari_app.settings import Settings
 
@@ -29,9 +30,21 @@ async def check_security(settings: Settings) -> list[CheckResult]:
     return [
         await asyncio.to_thread(check_hash_key, settings),
         check_ari_password(settings),
-        check_ari_transport(settings),
+        *_each_asterisk(check_ari_transport, settings),
         check_api_transport(settings),
         check_api_token(settings),
+    ]
+
+
+def _each_asterisk(
+    check: Callable[[Settings], CheckResult], settings: Settings
+) -> list[CheckResult]:
+    """``check`` on every ARI endpoint; named by position when there are several."""
+    if not settings.more_ari_urls:
+        return [check(settings)]
+    return [
+        on_asterisk(check(settings.for_asterisk(url)), endpoint)
+        for endpoint, url in enumerate(settings.ari_urls, start=1)
     ]
 
 

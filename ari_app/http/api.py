@@ -7,8 +7,8 @@ Routes (see :func:`ari_app.http.schema.openapi_document` for the full contract):
 - ``GET /api/entries/{id}``: one entry with its events, by id or by key (``DIGITS_ID``).
 - ``GET /api/stats``: aggregates over ``[from, to)``.
 - Open routes (no token): ``GET /healthz`` (the process answers), ``GET /readyz`` (200 when
-  ARI is connected and the database answers ``SELECT 1``; otherwise 503 naming what is not
-  ready), ``GET /metrics`` (Prometheus text format) and ``GET /openapi.json``; more with
+  ARI is connected, to one Asterisk at least, and the database answers ``SELECT 1``;
+  otherwise 503 naming what is not ready), ``GET /metrics`` (Prometheus text format) and ``GET /openapi.json``; more with
   ``make_api_app(open_routes=...)`` (:func:`add_open_routes`).
 
 The server runs whether or not a token is configured, so that health, readiness and metrics
@@ -28,7 +28,7 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -97,9 +97,9 @@ class ApiConfig:
     """What the server needs besides the store and the metrics."""
 
     token: str  # empty: the /api routes are disabled
-    # Whether the ARI application is connected; None: this server runs no ARI application,
-    # so readiness is the database alone.
-    ari_connected: Callable[[], bool] | None = None
+    # Each Asterisk's connection state, in ARI_URL's order; None: this server runs no ARI
+    # application, so readiness is the database alone.
+    ari_connected: Callable[[], Sequence[bool]] | None = None
     # The local journal's backlog; None: no journal (the database alone answers readiness).
     journal_backlog: Callable[[], JournalBacklog] | None = None
 
@@ -287,10 +287,18 @@ async def _database_state(store: Store) -> str:
 async def handle_ready(request: web.Request) -> web.Response:
     config = request.app[API_CONFIG]
     checks: dict[str, str] = {}
-    if config.ari_connected is not None:
-        checks["ari"] = "ok" if config.ari_connected() else "not connected"
-    checks["database"] = await _database_state(request.app[STORE])
     body: dict[str, object] = {}
+    if config.ari_connected is not None:
+        states = config.ari_connected()
+        # Calls still flow through the Asterisks that are connected: ready, saying so.
+        up = sum(states)
+        checks["ari"] = "ok" if up == len(states) else "degraded" if up else "not connected"
+        if len(states) > 1:
+            body["ari_endpoints"] = {
+                str(endpoint): "ok" if connected else "not connected"
+                for endpoint, connected in enumerate(states, start=1)
+            }
+    checks["database"] = await _database_state(request.app[STORE])
     if config.journal_backlog is not None:
         backlog = config.journal_backlog()
         # The journal absorbs a database outage: entries are still taken and kept, so the
@@ -326,7 +334,7 @@ def make_api_app(
     *,
     token: str,
     metrics: Metrics | None = None,
-    ari_connected: Callable[[], bool] | None = None,
+    ari_connected: Callable[[], Sequence[bool]] | None = None,
     journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> web.Application:
@@ -381,7 +389,7 @@ async def running_http_api(
     port: int,
     token: str,
     metrics: Metrics | None = None,
-    ari_connected: Callable[[], bool] | None = None,
+    ari_connected: Callable[[], Sequence[bool]] | None = None,
     journal_backlog: Callable[[], JournalBacklog] | None = None,
     open_routes: Iterable[web.RouteDef] = (),
 ) -> AsyncIterator[ApiServer]:

@@ -451,7 +451,8 @@ def _build_openapi() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "getReadiness",
-                    "summary": "Ready to take calls: ARI connected and entries recorded (the "
+                    "summary": "Ready to take calls: ARI connected (at least one Asterisk) and "
+                    "entries recorded (the "
                     "journal writable; a database outage it absorbs is `degraded`, still ready) "
                     "(no token needed)",
                     "security": [],
@@ -517,7 +518,8 @@ def _build_openapi() -> dict[str, Any]:
                         "checks": {
                             "type": "object",
                             "description": "each check's state: `ok`, or why not (`ari`: "
-                            "`not connected`; `database`: `unreachable`, `no answer`, or "
+                            "`not connected`, or `degraded` while some of several Asterisks "
+                            "are; `database`: `unreachable`, `no answer`, or "
                             "`degraded` while the journal absorbs it; `journal`: `failing`); "
                             "`ari` and `journal` are absent where the server runs no ARI "
                             "application and no journal",
@@ -529,6 +531,15 @@ def _build_openapi() -> dict[str, Any]:
                             "description": "the checks that are neither `ok` nor `degraded`, "
                             "sorted",
                             "items": {"type": "string"},
+                        },
+                        "ari_endpoints": {
+                            "type": "object",
+                            "description": "only where ARI_URL lists several Asterisks: each "
+                            "one's state (`ok` or `not connected`) by its position in ARI_URL",
+                            "additionalProperties": {
+                                "type": "string",
+                                "enum": ["ok", "not connected"],
+                            },
                         },
                         "journal": {
                             "type": "object",
