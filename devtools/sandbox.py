@@ -291,6 +291,25 @@ def _parse_one_line_sources(text: str) -> list[tuple[str, list[str]]]:
     return found
 
 
+def _set_option(text: str, before: str, value: str, source: Path) -> str:
+    """Replace the number after the ``before`` pattern at the start of every line it begins."""
+    pattern = re.compile(rf"^(\s*{before})\d+", re.MULTILINE)
+    if not pattern.search(text):
+        raise SandboxError(f"{source} has no setting matching {before!r} to set to {value}")
+    return pattern.sub(lambda match: f"{match.group(1)}{value}", text)
+
+
+def _with_entity_id(text: str, entity_id: str, source: Path) -> str:
+    """asterisk.conf with ``entityid`` set in ``[options]`` (ARI's ``asterisk_id``)."""
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", entity_id):
+        raise SandboxError(f"entity id {entity_id!r} is not like 02:00:00:00:00:02")
+    text = re.sub(r"^\s*entityid\s*=.*\n?", "", text, flags=re.MULTILINE)
+    section = re.compile(r"^\[options\][^\n]*\n", re.MULTILINE)
+    if not section.search(text):
+        raise SandboxError(f"{source} has no [options] section for entityid")
+    return section.sub(lambda match: f"{match.group(0)}entityid = {entity_id}\n", text, count=1)
+
+
 class AsteriskSandbox:
     """Build, configure, start and stop a real Asterisk in a Debian sid chroot.
 
@@ -305,13 +324,22 @@ class AsteriskSandbox:
         state_dir: Path | None = None,
         cache_dir: Path | None = None,
         http_port: int = 8088,
+        sip_port: int | None = None,
+        rtp_ports: tuple[int, int] | None = None,
+        entity_id: str | None = None,
     ) -> None:
+        """``sip_port``, ``rtp_ports`` and ``entity_id`` (None: as ``conf_dir`` has them) let a
+        second sandbox, in a ``state_dir`` of its own, run beside the first: its own SIP port,
+        RTP range and ``asterisk_id`` (``entityid`` in asterisk.conf)."""
         self.conf_dir = Path(conf_dir).resolve()
         self.paths = SandboxPaths(
             cache_dir=(cache_dir or default_cache_dir()).resolve(),
             state_dir=(state_dir or default_state_dir()).resolve(),
         )
         self.http_port = http_port
+        self.sip_port = sip_port
+        self.rtp_ports = rtp_ports
+        self.entity_id = entity_id
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_depth = 0
         self._lock_fd: int | None = None
@@ -556,6 +584,14 @@ class AsteriskSandbox:
                 text = source.read_text()
                 if source.name == "http.conf":
                     text = self._with_http_port(text)
+                elif source.name == "pjsip.conf" and self.sip_port is not None:
+                    text = _set_option(text, r"bind\s*=>?\s*[^:\s;]+:", str(self.sip_port), source)
+                elif source.name == "rtp.conf" and self.rtp_ports is not None:
+                    first, last = self.rtp_ports
+                    text = _set_option(text, r"rtpstart\s*=>?\s*", str(first), source)
+                    text = _set_option(text, r"rtpend\s*=>?\s*", str(last), source)
+                elif source.name == "asterisk.conf" and self.entity_id is not None:
+                    text = _with_entity_id(text, self.entity_id, source)
                 self._write(etc / source.name, text)
             for name, text in _STUB_CONFIGS.items():
                 if not (etc / name).exists():
@@ -928,6 +964,14 @@ class AsteriskSandbox:
         }
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port range like 11000-11999: {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m devtools.sandbox build|start|stop|restart|reload|status|cli "<command>"``.
 
@@ -956,6 +1000,22 @@ def main(argv: list[str] | None = None) -> int:
         help="tarball cache (default: $ARI_DIGITS_CACHE_DIR or ~/.cache/ari-digits)",
     )
     parser.add_argument("--http-port", type=int, default=8088)
+    parser.add_argument(
+        "--sip-port", type=int, default=None, help="pjsip.conf's UDP port (default: as configured)"
+    )
+    parser.add_argument(
+        "--rtp-ports",
+        type=_port_range,
+        default=None,
+        metavar="FIRST-LAST",
+        help="rtp.conf's port range (default: as configured)",
+    )
+    parser.add_argument(
+        "--entity-id",
+        default=None,
+        metavar="XX:XX:XX:XX:XX:XX",
+        help="asterisk.conf's entityid: what ARI events carry as asterisk_id",
+    )
     parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for ARI")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the chroot (or restore it from the cache)")
@@ -970,7 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sandbox = AsteriskSandbox(
-        args.conf_dir, state_dir=args.state_dir, cache_dir=args.cache_dir, http_port=args.http_port
+        args.conf_dir,
+        state_dir=args.state_dir,
+        cache_dir=args.cache_dir,
+        http_port=args.http_port,
+        sip_port=args.sip_port,
+        rtp_ports=args.rtp_ports,
+        entity_id=args.entity_id,
     )
     try:
         if args.command == "build":
