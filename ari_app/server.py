@@ -40,7 +40,7 @@ async def running_service(
     """
     await upgrade_to_head_async(settings.database_url)
     metrics = Metrics(ari_endpoints=len(settings.ari_urls))
-    store = Store.from_url(settings.database_url, metrics=metrics)
+    store = Store.from_url(settings.database_url, metrics=metrics, serve_id=settings.serve_name)
     speech: SpeechResources | None = None
     journal: Journal | None = None
     try:
@@ -56,10 +56,13 @@ async def running_service(
         if replayed:
             log.warning("journal: replayed %d records a previous run left", replayed)
         journal.start_draining()
+        # Only this serve's own rows: other serves sharing the database may be mid-call.
         stale = await store.mark_stale_in_progress(before=datetime.now(UTC))
         if stale:
             log.warning(
-                "marked %d entries left in progress by a previous run as interrupted", stale
+                "marked %d entries a previous run of serve %r left in progress as interrupted",
+                stale,
+                store.serve_id,
             )
         if settings.speech:
             speech = await open_speech(settings)
@@ -171,7 +174,11 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with running_service(settings):
-        log.info("ari-digits is running; database %s", _safe_url(settings.database_url))
+        log.info(
+            "ari-digits is running as serve %r; database %s",
+            settings.serve_name,
+            _safe_url(settings.database_url),
+        )
         await stop.wait()
         log.info("stopping")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -11,6 +13,8 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///ari-digits.sqlite3"
 # DIGITS_HASH_KEY is unset (see ari_app.hash_key).
 DEFAULT_HASH_KEY_FILE = "ari-digits.hash-key"
 DEFAULT_JOURNAL_PATH = "var/journal.sqlite3"
+# entries.serve_id is String(128).
+MAX_SERVE_ID = 128
 
 
 class SettingsError(ValueError):
@@ -35,6 +39,8 @@ class Settings:
     # Cap on the journal's size, so an outage cannot fill the disk: past it, new entries end
     # with status error (the calls still go back to the dialplan).
     journal_max_mb: int = 1024
+    # This serve's name in the entries it stores (SERVE_ID); "" = default_serve_id(journal_path).
+    serve_id: str = ""
     # Key for the HMAC of sensitive digits, so stored hashes cannot be brute-forced offline.
     hash_key: str = ""
     hash_key_file: str = DEFAULT_HASH_KEY_FILE
@@ -71,6 +77,11 @@ class Settings:
     tts_rate: int = 160
     tts_cache_dir: str = ""
     media_base_url: str = ""
+
+    @property
+    def serve_name(self) -> str:
+        """The owner written into this serve's entries: SERVE_ID, or its default."""
+        return self.serve_id or default_serve_id(self.journal_path)
 
     @property
     def ari_urls(self) -> tuple[str, ...]:
@@ -137,6 +148,9 @@ class Settings:
             raise SettingsError("JOURNAL_MAX_MB must be a whole number of megabytes") from None
         if journal_max_mb < 1:
             raise SettingsError("JOURNAL_MAX_MB must be at least 1")
+        serve_id = text("SERVE_ID", "")
+        if len(serve_id) > MAX_SERVE_ID:
+            raise SettingsError(f"SERVE_ID must be at most {MAX_SERVE_ID} characters")
         media_url = text("MEDIA_BASE_URL", "")
         if media_url and not media_url.startswith(("http://", "https://")):
             raise SettingsError(
@@ -168,6 +182,7 @@ class Settings:
             database_url=text("DATABASE_URL", defaults.database_url),
             journal_path=os.path.expanduser(text("JOURNAL_PATH", defaults.journal_path)),
             journal_max_mb=journal_max_mb,
+            serve_id=serve_id,
             hash_key=env.get("DIGITS_HASH_KEY", ""),
             hash_key_file=os.path.expanduser(text("DIGITS_HASH_KEY_FILE", DEFAULT_HASH_KEY_FILE)),
             log_level=text("LOG_LEVEL", defaults.log_level).upper(),
@@ -176,6 +191,13 @@ class Settings:
             ari_heartbeat=heartbeat,
             ari_max_connections=connections,
         )
+
+
+def default_serve_id(journal_path: str) -> str:
+    """This host's name and a hash of the journal's real path: the same across restarts, and
+    distinct for every serve on the host, since each has a journal of its own."""
+    digest = hashlib.sha256(os.path.realpath(journal_path).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()[: MAX_SERVE_ID - 9]}:{digest}"
 
 
 def parse_ari_urls(raw: str) -> list[str]:

@@ -27,7 +27,7 @@ from tests import pg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
-HEAD = "0006"
+HEAD = "0007"
 
 EXPECTED_ENTRY_INDEXES = {
     "ix_entries_started_at_status_label_first_digit_ms": [
@@ -430,6 +430,61 @@ def test_0006_adds_a_unique_entry_key_and_downgrades_keeping_entries(db_url: str
 
     command.downgrade(cfg, "0005")
     assert "entry_key" not in describe_schema(db_url)["entries_columns"]
+    rows = asyncio.run(run(["SELECT id FROM entries ORDER BY id"]))
+    assert [row[0] for row in rows] == [1, 2, 3]
+
+    command.upgrade(cfg, "head")
+    command.check(cfg)
+    command.downgrade(cfg, "base")
+
+
+def test_0007_adds_the_owning_serve_and_downgrades_keeping_entries(db_url: str) -> None:
+    """Rows stored before 0007 have no owner; the sweep at a serve's start marks its own rows
+    and those; downgrading drops the column and keeps the rows."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0006")
+
+    async def run(statements: list[str]) -> list[Any]:
+        engine = create_async_engine(normalize_url(db_url))
+        try:
+            async with engine.begin() as conn:
+                result = None
+                for sql in statements:
+                    result = await conn.execute(text(sql))
+                assert result is not None
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    def insert(entry_id: int, serve_id: str | None = None) -> str:
+        owner = ", serve_id" if serve_id is not None else ""
+        value = f", '{serve_id}'" if serve_id is not None else ""
+        return (
+            f"INSERT INTO entries (id, channel_id, channel_name, parameters, transport,"
+            f" started_at, status{owner}) VALUES ({entry_id}, 'c{entry_id}', 'PJSIP/x', '{{}}',"
+            f" 'ari', '2026-12-03 10:00:00+00', 'in_progress'{value})"
+        )
+
+    asyncio.run(run([insert(1)]))
+    command.upgrade(cfg, "0007")
+    assert current_revision(db_url) == "0007"
+    assert describe_schema(db_url)["entries_columns"]["serve_id"]["nullable"]
+    asyncio.run(run([insert(2, "host-a:1"), insert(3, "host-b:1")]))
+
+    async def sweep_as_serve_a() -> int:
+        async with Store.from_url(db_url, serve_id="host-a:1") as store:
+            return await store.mark_stale_in_progress()
+
+    assert asyncio.run(sweep_as_serve_a()) == 2
+    rows = asyncio.run(run(["SELECT id, status, serve_id FROM entries ORDER BY id"]))
+    assert [tuple(row) for row in rows] == [
+        (1, "interrupted", None),
+        (2, "interrupted", "host-a:1"),
+        (3, "in_progress", "host-b:1"),
+    ]
+
+    command.downgrade(cfg, "0006")
+    assert "serve_id" not in describe_schema(db_url)["entries_columns"]
     rows = asyncio.run(run(["SELECT id FROM entries ORDER BY id"]))
     assert [row[0] for row in rows] == [1, 2, 3]
 

@@ -402,13 +402,85 @@ async def test_mark_stale_in_progress(store: Store) -> None:
     completed = await store.get_entry(done)
     assert completed is not None and completed.status == "completed" and completed.error is None
 
-    # A stale-marked entry cannot be finished afterwards.
-    with pytest.raises(EntryAlreadyFinishedError):
-        await store.finish_entry(old1, make_outcome())
-
     assert await store.mark_stale_in_progress() == 1
     assert await store.mark_stale_in_progress() == 0
     assert [e.status for e in await store.list_entries(status="in_progress")] == []
+
+
+async def serve_ids(store: Store) -> dict[str, str | None]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(select(entries_table.c.channel_id, entries_table.c.serve_id))
+        return {channel_id: serve_id for channel_id, serve_id in rows.all()}
+
+
+async def test_a_restart_marks_only_its_own_and_unowned_rows(
+    store: Store, migrated_db_url: str
+) -> None:
+    """Two serves on one database: serve A restarting must not mark serve B's calls in
+    progress, whose outcomes then arrive as usual; A's own rows, and rows without an owner
+    (stored before migration 0007), are marked."""
+    async with (
+        Store.from_url(migrated_db_url, serve_id="host-a:1") as serve_a,
+        Store.from_url(migrated_db_url, serve_id="host-b:1") as serve_b,
+    ):
+        a_left = await serve_a.start_entry(make_start(channel_id="a-left"))
+        [b_live, b_other] = await serve_b.start_entries(
+            [make_start(channel_id="b-live"), make_start(channel_id="b-other")]
+        )
+        unowned = await store.start_entry(make_start(channel_id="unowned"))
+        assert await serve_ids(store) == {
+            "a-left": "host-a:1",
+            "b-live": "host-b:1",
+            "b-other": "host-b:1",
+            "unowned": None,
+        }
+
+        assert await serve_a.mark_stale_in_progress(before=datetime.now(UTC)) == 2
+        statuses = {e.channel_id: e.status for e in await store.list_entries()}
+        assert statuses == {
+            "a-left": "interrupted",
+            "unowned": "interrupted",
+            "b-live": "in_progress",
+            "b-other": "in_progress",
+        }
+        await serve_b.finish_entry(b_live, make_outcome())
+        finished = await store.get_entry(b_live)
+        assert finished is not None and finished.status == "completed"
+        assert finished.events == EVENTS
+        # B's restart marks its own row left, and nothing of A's twice.
+        assert await serve_b.mark_stale_in_progress() == 1
+        other = await store.get_entry(b_other)
+        assert other is not None and other.status == "interrupted"
+        for entry_id in (a_left, unowned):
+            marked = await store.get_entry(entry_id)
+            assert marked is not None and marked.error == "server restarted"
+
+
+async def test_an_outcome_after_a_restart_mark_replaces_it(store: Store) -> None:
+    """A row marked "server restarted" whose real outcome arrives anyway (a serve still running
+    wrote it without an owner, before migration 0007): stored, not refused. Once it is, the
+    row is finished like any other."""
+    entry_id = await store.start_entry(make_start())
+    assert await store.mark_stale_in_progress() == 1
+
+    await store.finish_entry(entry_id, make_outcome())
+    got = await store.get_entry(entry_id)
+    assert got is not None
+    assert (got.status, got.error, got.user_input) == ("completed", None, "1234")
+    assert got.events == EVENTS
+    with pytest.raises(EntryAlreadyFinishedError):
+        await store.finish_entry(entry_id, make_outcome(status="error"))
+
+
+async def test_an_interrupted_outcome_that_is_no_restart_mark_stays_final(store: Store) -> None:
+    """Only the restart's own mark gives way: a call that really ended interrupted (its
+    connection lost, the serve stopping) is final."""
+    entry_id = await store.start_entry(make_start())
+    await store.finish_entry(entry_id, make_outcome(status="interrupted", events=()))
+    with pytest.raises(EntryAlreadyFinishedError):
+        await store.finish_entry(entry_id, make_outcome())
+    got = await store.get_entry(entry_id)
+    assert got is not None and got.status == "interrupted" and got.events == ()
 
 
 async def test_deleting_entry_cascades_to_events(store: Store) -> None:

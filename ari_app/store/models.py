@@ -79,6 +79,10 @@ class Entry(Base):
     # UUIDv7 made by the session before anything is stored: DIGITS_ID, and what makes a
     # replay from the journal idempotent (0006). NULL on rows stored before 0006.
     entry_key: Mapped[str | None] = mapped_column(String(36))
+    # The serve that started the entry (SERVE_ID): at start a serve marks only its own rows
+    # left in progress as interrupted, not those of others sharing the database (0007).
+    # NULL on rows stored before 0007.
+    serve_id: Mapped[str | None] = mapped_column(String(128))
 
     events: Mapped[list[EntryEvent]] = relationship(
         back_populates="entry",

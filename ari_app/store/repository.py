@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -11,7 +12,17 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from sqlalchemy import ColumnElement, bindparam, event, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    event,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -41,6 +52,8 @@ __all__ = [
     "from_db_datetime",
     "normalize_url",
 ]
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 # What the store writes instead of the real value in events of sensitive entries.
@@ -276,9 +289,23 @@ def _check_events(events: Sequence[StoredEvent]) -> None:
 _PendingFinish = tuple[int, EntryOutcome, "asyncio.Future[None]"]
 MAX_FINISH_BATCH: Final = 200
 
+# A row a restart marked interrupted ("server restarted": the store's sweep, or the journal for
+# an entry it holds no outcome of) that an outcome still reaches was not lost after all (say,
+# rows written without an owner, before migration 0007, by a serve still running): the real
+# outcome replaces the mark instead of being refused. Sessions never end with this error.
+_MARKED_BY_RESTART: Final = and_(_E.status == STATUS_INTERRUPTED, _E.error == STALE_ERROR)
+
+
+def _marked_by_restart(status: str, error: str | None) -> bool:
+    return status == STATUS_INTERRUPTED and error == STALE_ERROR
+
+
 _FINISH_STATEMENT: Final = (
     update(entries_table)
-    .where(_E.id == bindparam("b_id"), _E.status == STATUS_IN_PROGRESS)
+    .where(
+        _E.id == bindparam("b_id"),
+        or_(_E.status == STATUS_IN_PROGRESS, _MARKED_BY_RESTART),
+    )
     .values(
         status=bindparam("b_status"),
         user_input=bindparam("b_user_input"),
@@ -337,8 +364,13 @@ class Store:
     event loop.
     """
 
-    def __init__(self, engine: AsyncEngine, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, metrics: Metrics | None = None, serve_id: str | None = None
+    ) -> None:
         self._engine = engine
+        # The serve this store writes for (SERVE_ID): the owner of the entries it starts, and
+        # whose entries left in progress mark_stale_in_progress marks. None: no owner (tools).
+        self.serve_id = serve_id
         self._metrics = metrics if metrics is not None else Metrics()
         self._is_sqlite = engine.dialect.name == "sqlite"
         # SQLite allows a single writer per database file. With many calls finishing at
@@ -353,10 +385,12 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, metrics: Metrics | None = None) -> Store:
+    def from_url(
+        cls, url: str, *, metrics: Metrics | None = None, serve_id: str | None = None
+    ) -> Store:
         """``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``; plain
         ``sqlite:///path`` / ``postgresql://...`` are upgraded to the async drivers."""
-        return cls(create_engine_for_url(url), metrics=metrics)
+        return cls(create_engine_for_url(url), metrics=metrics, serve_id=serve_id)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -470,6 +504,7 @@ class Store:
                     "status": STATUS_IN_PROGRESS,
                     "attempts": 0,
                     "confirmed": "not_asked",
+                    "serve_id": self.serve_id,
                 }
             )
         keys = [row["entry_key"] for row in rows]
@@ -517,8 +552,9 @@ class Store:
         Raises ValueError for an unknown status/confirmed value, a naive ended_at, an event
         confidence outside 0..1 or a rejection reason empty or over 32 characters,
         EntryNotFoundError if there is no such entry and EntryAlreadyFinishedError
-        if it is not ``in_progress`` any more (finished, or marked stale); nothing is
-        written in either case.
+        if it is finished already; nothing is written in either case. An entry a restart
+        marked ``interrupted`` ("server restarted") is not finished: its real outcome replaces
+        the mark.
         """
         _check_choice("status", outcome.status, FINAL_STATUSES)
         _check_choice("confirmed", outcome.confirmed, CONFIRMED_VALUES)
@@ -551,7 +587,7 @@ class Store:
 
     async def _finish_batch(self, batch: list[_PendingFinish]) -> None:
         ids = [entry_id for entry_id, _, _ in batch]
-        current = select(_E.id, _E.status, _E.sensitive).where(_E.id.in_(ids))
+        current = select(_E.id, _E.status, _E.error, _E.sensitive).where(_E.id.in_(ids))
         if not self._is_sqlite:
             current = current.with_for_update()  # SQLite writers are serialised by our lock
         async with self.write_transaction("finish_entries") as conn:
@@ -560,13 +596,15 @@ class Store:
             events: list[dict[str, object]] = []
             accepted: list[asyncio.Future[None]] = []
             seen: set[int] = set()
+            revived: list[int] = []
             for entry_id, outcome, done in batch:
                 row = found.get(entry_id)
                 if row is None:
                     _settle(done, EntryNotFoundError(f"no entry with id {entry_id}"))
                     continue
-                if row.status != STATUS_IN_PROGRESS or any(entry_id == u["b_id"] for u in updates):
-                    status = row.status if row.status != STATUS_IN_PROGRESS else "being finished"
+                marked = _marked_by_restart(row.status, row.error)
+                if (row.status != STATUS_IN_PROGRESS and not marked) or entry_id in seen:
+                    status = row.status if entry_id not in seen else "being finished"
                     _settle(
                         done,
                         EntryAlreadyFinishedError(
@@ -574,10 +612,19 @@ class Store:
                         ),
                     )
                     continue
+                if marked and not _marked_by_restart(outcome.status, outcome.error):
+                    revived.append(entry_id)
                 seen.add(entry_id)
                 updates.append(_outcome_row(entry_id, outcome))
                 events += _event_rows(entry_id, outcome.events, sensitive=bool(row.sensitive))
                 accepted.append(done)
+            if revived:
+                # Neither mark writes events: the outcome's go in as on an in_progress row.
+                log.warning(
+                    "entries %s were marked interrupted by a restart; their outcomes arrived "
+                    "since and replace the mark",
+                    ", ".join(map(str, revived)),
+                )
             if updates:
                 await conn.execute(_FINISH_STATEMENT, updates)
             if events:
@@ -586,11 +633,19 @@ class Store:
             _settle(done, None)
 
     async def mark_stale_in_progress(self, *, before: datetime | None = None) -> int:
-        """Mark ``in_progress`` entries (started before ``before``; default: all) as
-        ``interrupted`` with error "server restarted". Returns how many were marked."""
+        """Mark this serve's ``in_progress`` entries (started before ``before``; default: all)
+        as ``interrupted`` with error "server restarted". Returns how many were marked.
+
+        This serve's: owned by :attr:`serve_id`, or by no one (stored before migration 0007, or
+        by a store without a serve id). Other serves sharing the database may have calls in
+        progress: their rows are theirs to mark when they restart. Should a marked entry's
+        outcome arrive after all, it replaces the mark (see :meth:`finish_entry`)."""
+        owner: ColumnElement[bool] = _E.serve_id.is_(None)
+        if self.serve_id is not None:
+            owner = or_(_E.serve_id == self.serve_id, owner)
         stmt = (
             update(entries_table)
-            .where(_E.status == STATUS_IN_PROGRESS)
+            .where(_E.status == STATUS_IN_PROGRESS, owner)
             .values(
                 status=STATUS_INTERRUPTED,
                 ended_at=datetime.now(UTC),
