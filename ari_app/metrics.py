@@ -117,6 +117,13 @@ class Metrics:
             ["endpoint"],
             registry=registry,
         )
+        self._ari_app_replaced = Counter(
+            f"{PREFIX}_ari_app_replaced_total",
+            "Times another websocket took the Stasis app name over on an Asterisk (another "
+            "serve with the same ARI_APP), by `endpoint`: that connection stops taking calls.",
+            ["endpoint"],
+            registry=registry,
+        )
         self._speech_decode = Histogram(
             f"{PREFIX}_speech_decode_seconds",
             "One utterance through the recogniser: waiting for a worker plus decoding.",
@@ -185,6 +192,7 @@ class Metrics:
         for endpoint in range(1, ari_endpoints + 1):
             self._ari_connected.labels(str(endpoint)).set(0)
             self._ari_reconnects.labels(str(endpoint))
+            self._ari_app_replaced.labels(str(endpoint))
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -218,6 +226,9 @@ class Metrics:
 
     def ari_reconnected(self, endpoint: int) -> None:
         self._ari_reconnects.labels(str(endpoint)).inc()
+
+    def ari_app_replaced(self, endpoint: int) -> None:
+        self._ari_app_replaced.labels(str(endpoint)).inc()
 
     # --- speech ---------------------------------------------------------------------------
 

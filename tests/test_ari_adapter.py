@@ -15,6 +15,7 @@ from ari_app.ari import app as ari_app_module
 from ari_app.ari.app import AriApplication, AriCallPort, ari_media
 from ari_app.ari.client import AriClient, AriUnreachable
 from ari_app.ari.events import (
+    ApplicationReplaced,
     ChannelLeft,
     DtmfReceived,
     MalformedEvent,
@@ -95,6 +96,12 @@ def test_dtmf_playback_and_leaving_events() -> None:
         raw = {"type": kind, "channel": STASIS_START["channel"]}
         assert parse_event(raw) == ChannelLeft("1795621797.0", kind)
     assert parse_event({"type": "ChannelVarset", "variable": "X"}) is None
+
+
+def test_application_replaced_is_an_event() -> None:
+    raw = {"type": "ApplicationReplaced", "application": "digits", "asterisk_id": "52:54:00"}
+    assert parse_event(raw) == ApplicationReplaced("digits")
+    assert parse_event({"type": "ApplicationReplaced"}) == ApplicationReplaced("")
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ari_app.ari import app as ari_app_module
 from ari_app.ari.app import AriApplication, AriApplications
-from ari_app.ari.client import AriUnavailable
+from ari_app.ari.client import AriClient, AriUnavailable, wait_until_subscribed
 from ari_app.doctor import Status, run_checks
 from ari_app.doctor.asterisk_ids import check_asterisk_ids
+from ari_app.metrics import Metrics
 from ari_app.settings import Settings, SettingsError
 from ari_app.store.records import StoredEntry
 from ari_app.store.repository import Store
@@ -123,7 +125,7 @@ class ScriptedAsterisk:
 
 @contextlib.asynccontextmanager
 async def scripted_fleet(
-    store: MemoryStore, *asterisks: ScriptedAsterisk
+    store: MemoryStore, *asterisks: ScriptedAsterisk, metrics: Metrics | None = None
 ) -> AsyncIterator[AriApplications]:
     by_url = {asterisk.base_url: asterisk for asterisk in asterisks}
     settings = Settings(
@@ -139,6 +141,7 @@ async def scripted_fleet(
                 store,
                 client_factory=lambda one: by_url[one.ari_url],  # type: ignore[arg-type,return-value]
                 endpoint=endpoint,
+                metrics=metrics,
             )
             for endpoint, url in enumerate(settings.ari_urls, start=1)
         ]
@@ -214,6 +217,81 @@ async def test_an_asterisk_going_down_leaves_the_others_calls_alone() -> None:
         "02:00:00:00:00:02": ("interrupted", "56"),
     }
     assert second.continued == []
+
+
+class ContestedAsterisk(ScriptedAsterisk):
+    """A scripted Asterisk on which another websocket takes the app name over (as a second
+    serve with the same ARI_APP does), and holds it until the test releases it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.connects = 0
+        self.held_elsewhere = False
+        self.asked_whether_held = 0
+
+    async def connect(self) -> None:
+        await super().connect()
+        self.connects += 1
+
+    async def app_is_registered(self) -> bool:
+        self.asked_whether_held += 1
+        return self.held_elsewhere
+
+    def take_app_over(self) -> None:
+        self.held_elsewhere = True
+        self.events.put_nowait({"type": "ApplicationReplaced", "application": self.app})
+
+
+async def until(condition: Any, within: float = 5) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_taken_over_app_is_loud_hands_its_calls_back_and_waits_for_the_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ari_app_module, "REPLACED_RECHECK_S", 0.02)
+    store = MemoryStore()
+    metrics = Metrics()
+    pbx = ContestedAsterisk("http://pbx1:8088/")
+    async with scripted_fleet(store, pbx, metrics=metrics) as fleet:
+        pbx.start("a", "02:00:00:00:00:01", ["num_digits=4", QUICK])
+        pbx.key("a", "12")
+        await until(lambda: len(store.starts) == 1)
+
+        pbx.take_app_over()
+        # The entry cannot go on (its channel's events go elsewhere now): it goes back to the
+        # dialplan as interrupted, through REST, which still works.
+        await until(lambda: "a" in pbx.continued)
+        assert pbx.variables["a"]["DIGITS_STATUS"] == "interrupted"
+        assert fleet.connected() == [False]
+        assert metrics.registry.get_sample_value("ari_digits_ari_connected", {"endpoint": "1"}) == 0
+        replaced = metrics.registry.get_sample_value(
+            "ari_digits_ari_app_replaced_total", {"endpoint": "1"}
+        )
+        assert replaced == 1
+        [loud] = [r for r in caplog.records if "was taken over" in r.getMessage()]
+        assert loud.levelname == "ERROR"
+        assert "Stasis app 'digits' on the Asterisk at http://pbx1:8088/" in loud.getMessage()
+
+        # No taking the name back while the other holds it: two serves would steal each
+        # other's calls in turn.
+        await until(lambda: pbx.asked_whether_held >= 5)
+        assert pbx.connects == 1 and fleet.connected() == [False]
+
+        pbx.held_elsewhere = False  # the other serve stops
+        async with asyncio.timeout(5):
+            await fleet.wait_connected()
+        assert pbx.connects == 2
+        pbx.start("b", "02:00:00:00:00:01", ["num_digits=2", QUICK])
+        pbx.key("b", "34")
+        await until(lambda: "b" in pbx.continued)
+    assert {
+        start.channel_id: outcome.status
+        for start, outcome in (store.by_channel(channel) for channel in ("a", "b"))
+        if outcome is not None
+    } == {"a": "interrupted", "b": "completed"}
 
 
 def test_asterisks_sharing_an_entity_id_are_named() -> None:
@@ -378,3 +456,76 @@ async def test_doctor_checks_each_asterisk(
     ids = results["asterisk-ids"]
     assert (ids.status, ids.detail) == (Status.PASS, "2 Asterisks, each with its own entity id")
     assert "ari" not in results
+
+
+@pytest.mark.asterisk
+async def test_a_second_websocket_taking_the_app_over_on_a_real_asterisk(
+    asterisk: AsteriskSandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a second serve with the same ARI_APP does to the first, on Asterisk 22: the first
+    says so, hands its call in progress back, stays down while the rival holds the name (the
+    rival gets the calls, even after the first closes its websocket), and takes calls again
+    once the rival has gone."""
+    monkeypatch.setattr(ari_app_module, "REPLACED_RECHECK_S", 0.5)
+    settings = service_settings(asterisk, f"sqlite+aiosqlite:///{tmp_path / 'digits.sqlite3'}")
+    rival = AriClient(asterisk.ari_url, asterisk.ari_user, asterisk.ari_password, settings.ari_app)
+    rival_events: list[dict[str, Any]] = []
+    rival_listening: asyncio.Task[None] | None = None
+    async with serving(settings) as service:
+        try:
+            stranded = await service.callers.place_call(
+                f"num_digits=4,{QUICK}", "wait:0.5^dtmf:12^wait:30"
+            )
+            await until(
+                lambda: (
+                    (session := service.app.sessions.get(stranded.channel_id)) is not None
+                    and session.digits_missing == 2
+                ),
+                within=10,
+            )
+
+            await rival.connect()
+            opened = asyncio.Event()
+            rival_listening = asyncio.create_task(rival.listen(rival_events.append, opened))
+            await wait_until_subscribed(rival_listening, opened)
+
+            result = await service.callers.dialplan_result(stranded)
+            assert (result.status, result.digits) == ("interrupted", "12")
+            entry = await stored_by_key(service.store, result.entry_id)
+            assert entry.status == "interrupted"
+            assert service.ari.connected() == [False]
+            status, body = await readiness(settings.api_port)
+            assert (status, body["not_ready"]) == (503, ["ari"])
+            [loud] = [r for r in caplog.records if "was taken over" in r.getMessage()]
+            assert loud.levelname == "ERROR" and asterisk.ari_url in loud.getMessage()
+
+            # The first serve has closed its websocket: the name stays the rival's, and so do
+            # new calls.
+            await until(lambda: service.app.client is None)
+            rivals_call = await service.callers.place_call(f"num_digits=2,{QUICK}", "wait:10")
+            await until(
+                lambda: any(
+                    event["type"] == "StasisStart"
+                    and event["channel"]["id"] == rivals_call.channel_id
+                    for event in rival_events
+                ),
+                within=10,
+            )
+            assert rivals_call.channel_id not in service.app.sessions
+            await rival.hangup_quietly(rivals_call.channel_id)
+            await asyncio.sleep(1.5)  # three checks: the name is still taken
+            assert service.ari.connected() == [False]
+        finally:
+            if rival_listening is not None:
+                rival_listening.cancel()
+                await asyncio.gather(rival_listening, return_exceptions=True)
+            await rival.close()
+
+        async with asyncio.timeout(10):
+            await service.ari.wait_connected()
+        call = await service.callers.place_call(f"num_digits=2,{QUICK}", "wait:0.5^dtmf:56")
+        result = await service.callers.dialplan_result(call)
+        assert (result.status, result.digits) == ("completed", "56")

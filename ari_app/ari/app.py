@@ -19,6 +19,7 @@ from ari_app.ari.client import (
     wait_until_subscribed,
 )
 from ari_app.ari.events import (
+    ApplicationReplaced,
     ChannelLeft,
     DtmfReceived,
     MalformedEvent,
@@ -53,6 +54,15 @@ log = logging.getLogger(__name__)
 
 FIRST_RECONNECT_DELAY = 0.5
 HANDBACK_RETRY_PAUSE = 0.5
+# Once another websocket has taken the Stasis app name over (ApplicationReplaced: another serve
+# with the same ARI_APP), how often to ask the Asterisk whether the name is free again. Taking
+# it back while the other still holds it would only have two serves steal each other's calls
+# in turn, so the connection stays down until the name is released (or ARI stops answering).
+REPLACED_RECHECK_S = 60.0
+# While the name stays taken, an ERROR this often: the operator has two serves to sort out.
+REPLACED_REMIND_S = 600.0
+# How long the entries in progress get to go back to the dialplan once the name is taken.
+REPLACED_HANDBACK_GRACE_S = 5.0
 
 ClientFactory = Callable[[Settings], AriClient]
 
@@ -251,6 +261,8 @@ class AriApplication:
         self._client_factory = client_factory
         self.client: AriClient | None = None
         self.connected = asyncio.Event()
+        # Set by an ApplicationReplaced event, until the app name is free again.
+        self.replaced = asyncio.Event()
         self.reconnects = 0
         self.link = CurrentAri(self)
         self.runner = Sessions(store, hash_key=settings.hash_key, metrics=self.metrics)
@@ -288,8 +300,7 @@ class AriApplication:
                 else:
                     log.info("connected to ARI at %s as app %r", client.base_url, client.app)
                 delay = FIRST_RECONNECT_DELAY
-                await listening
-                log.warning("ARI event websocket closed")
+                await self._listen_until_replaced(listening)
             except AriUnavailable as exc:
                 outage.failed(f"ARI unavailable: {exc}")
             except Exception:
@@ -306,6 +317,10 @@ class AriApplication:
                 self.client = None
                 await client.close()
             attempt += 1
+            if self.replaced.is_set():
+                await self._wait_until_app_released()
+                self.replaced.clear()
+                outage = _Outage()
             log.log(
                 logging.INFO if outage.attempts <= 1 else logging.DEBUG,
                 "reconnecting to ARI in %.1f s",
@@ -313,6 +328,59 @@ class AriApplication:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.reconnect_max_delay)
+
+    async def _listen_until_replaced(self, listening: asyncio.Task[None]) -> None:
+        """Wait until the event websocket closes (raising why it failed), or another websocket
+        takes the app name over; then end the entries in progress here."""
+        replaced = asyncio.create_task(self.replaced.wait())
+        try:
+            await asyncio.wait({listening, replaced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            replaced.cancel()
+        if not self.replaced.is_set():
+            await listening
+            log.warning("ARI event websocket closed")
+            return
+        # Not taking calls from here on: /readyz and the metrics say so at once.
+        self.connected.clear()
+        self.metrics.ari_connection(self.endpoint, connected=False)
+        # Their channels' events go to the other websocket now, so they cannot go on here; REST
+        # still works, so each goes back to the dialplan as interrupted and is stored.
+        for session in list(self.sessions.values()):
+            session.deliver_connection_lost()
+        with contextlib.suppress(TimeoutError):
+            await self.runner.wait_idle(REPLACED_HANDBACK_GRACE_S)
+
+    async def _wait_until_app_released(self) -> None:
+        """Return once no websocket holds the app name on this Asterisk, or ARI does not say
+        (the usual reconnect takes over from there)."""
+        app, url = self._settings.ari_app, self._settings.ari_url
+        taken_since = last_reminder = time.monotonic()
+        while True:
+            await asyncio.sleep(REPLACED_RECHECK_S)
+            client = self._client_factory(self._settings)
+            try:
+                held = await client.app_is_registered()
+            except AriUnavailable as exc:
+                log.warning("cannot tell whether Stasis app %r is still taken (%s)", app, exc)
+                return
+            finally:
+                await client.close()
+            if not held:
+                log.warning(
+                    "Stasis app %r on the Asterisk at %s is free again: reconnecting", app, url
+                )
+                return
+            now = time.monotonic()
+            if now - last_reminder >= REPLACED_REMIND_S:
+                last_reminder = now
+                log.error(
+                    "Stasis app %r on the Asterisk at %s is still taken by another websocket "
+                    "(%.0f s): this connection takes no calls",
+                    app,
+                    url,
+                    now - taken_since,
+                )
 
     async def _reconcile_sessions(self) -> None:
         """After a reconnect: entries whose channels vanished meanwhile end as interrupted."""
@@ -348,8 +416,24 @@ class AriApplication:
             case ChannelLeft():
                 if session := self.sessions.get(event.channel_id):
                     session.deliver_hangup()
+            case ApplicationReplaced():
+                self._on_replaced(event)
             case None:
                 pass
+
+    def _on_replaced(self, event: ApplicationReplaced) -> None:
+        log.error(
+            "Stasis app %r on the Asterisk at %s was taken over by another websocket (another "
+            "serve with ARI_APP=%s?): Asterisk sends its calls there now. This connection stops "
+            "taking calls, and reconnects only once the name is free (checked every %.0f s); "
+            "give each serve its own ARI_APP or its own Asterisks",
+            event.application or self._settings.ari_app,
+            self._settings.ari_url,
+            self._settings.ari_app,
+            REPLACED_RECHECK_S,
+        )
+        self.metrics.ari_app_replaced(self.endpoint)
+        self.replaced.set()
 
     def _start_session(self, event: StasisStarted) -> None:
         channel = event.channel

@@ -206,6 +206,20 @@ class AriClient:
             body = await response.json() if response.content_type == "application/json" else None
             return response.status, body
 
+    async def app_is_registered(self) -> bool:
+        """Whether a websocket holds this Stasis app name on the Asterisk now (Asterisk lists
+        an app while one does). Raises AriUnavailable when ARI does not answer as expected."""
+        try:
+            status, _ = await self.get(
+                "applications/" + urllib.parse.quote(self.app, safe=""),
+                within=REQUEST_TIMEOUT_SECONDS,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise AriUnavailable(f"ARI at {self.base_url} did not answer: {exc!r}") from None
+        if status not in (200, 404):
+            raise AriUnavailable(f"GET applications/{self.app} answered HTTP {status}")
+        return status == 200
+
     # --- REST, in telephony terms ---------------------------------------------------------
 
     async def answer(self, channel_id: str) -> None:

@@ -60,7 +60,15 @@ class ChannelLeft:
     reason: str
 
 
-AriEvent = StasisStarted | DtmfReceived | PlaybackFinished | ChannelLeft
+@dataclass(frozen=True)
+class ApplicationReplaced:
+    """Another websocket registered this Stasis app name on the Asterisk: from now on Asterisk
+    sends the app's events, and its new calls, there instead."""
+
+    application: str
+
+
+AriEvent = StasisStarted | DtmfReceived | PlaybackFinished | ChannelLeft | ApplicationReplaced
 
 _LEAVING = frozenset({"ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"})
 
@@ -102,6 +110,10 @@ def parse_event(raw: dict[str, Any]) -> AriEvent | None:
         return PlaybackFinished(target_id, playback_id)
     if kind in _LEAVING:
         return ChannelLeft(_channel(raw).id, str(kind))
+    if kind == "ApplicationReplaced":
+        # Acted on even without the name: the connection has stopped getting events anyway.
+        application = raw.get("application")
+        return ApplicationReplaced(application if isinstance(application, str) else "")
     return None
 
 
