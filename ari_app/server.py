@@ -149,6 +149,7 @@ async def open_speech(settings: Settings) -> SpeechResources:
             RecognizerSettings(
                 model=settings.speech_model,
                 workers=settings.speech_workers,
+                processes=settings.speech_processes,
                 device=settings.speech_device,
             ),
         )

@@ -61,6 +61,8 @@ class Settings:
     rtp_advertised_host: str = ""  # what Asterisk sends to; "" = rtp_host
     speech_model: str = ""  # a CTranslate2 Whisper directory or name; "" = bundled tiny.en
     speech_workers: int = 2
+    # Each decode in a worker process with its own model, off this process's GIL.
+    speech_processes: bool = False
     speech_device: str = "cpu"  # "cuda": faster-whisper on a GPU (CTranslate2 built with CUDA)
     # The HTTP server (health, readiness, metrics, text prompts' media) always runs; its
     # operators' API (/api) answers only once a token is set.
@@ -126,6 +128,9 @@ class Settings:
             raise SettingsError("SPEECH_WORKERS must be a whole number") from None
         if workers < 1:
             raise SettingsError("SPEECH_WORKERS must be at least 1")
+        processes = text("SPEECH_PROCESSES", "on" if defaults.speech_processes else "off").lower()
+        if processes not in ("on", "off"):
+            raise SettingsError(f"SPEECH_PROCESSES must be on or off, got {processes!r}")
         device = text("SPEECH_DEVICE", defaults.speech_device).lower()
         if device not in SPEECH_DEVICES:
             raise SettingsError(f"SPEECH_DEVICE must be one of {', '.join(SPEECH_DEVICES)}")
@@ -173,6 +178,7 @@ class Settings:
             rtp_advertised_host=text("RTP_ADVERTISED_HOST", ""),
             speech_model=text("SPEECH_MODEL", ""),
             speech_workers=workers,
+            speech_processes=processes == "on",
             speech_device=device,
             ari_url=first_url,
             more_ari_urls=tuple(more_urls),

@@ -15,10 +15,15 @@ Same utterances, settings and method for every ``--model``, so two runs compare 
    ``--keep-up-s`` and nothing is left queued ``--keep-up-s`` after the last caller stops. K
    doubles from ``--start-k`` until it falls behind, then the largest K that keeps up is found
    between the last two (bisection); that K is reported.
+   While they speak, a probe task measures the event loop's lag (how late a 5 ms sleep wakes
+   up): what the decodes cost the rest of the server (RTP, keys, hand-backs) on the same loop.
 3. Memory: VmRSS of this process before and after loading the model and after decoding, and the
-   peak (VmHWM) at the end.
+   peak (VmHWM) at the end; with ``--processes`` also the worker processes' VmRSS.
+
+``--processes`` decodes in worker processes (SPEECH_PROCESSES=on) instead of threads.
 
     .venv/bin/python bench/speech_latency.py [--model base] [--json out.json]
+    .venv/bin/python bench/speech_latency.py --processes             # worker processes
     .venv/bin/python bench/speech_latency.py --quick                 # smoke run
 """
 
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -77,17 +83,36 @@ class Spoken:
     audio: Audio  # one utterance, as the segmenter delivers it
 
 
-def memory_mb() -> dict[str, float]:
+def memory_mb(pid: int | str = "self") -> dict[str, float]:
     fields = {}
-    for entry in Path("/proc/self/status").read_text().splitlines():
+    for entry in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = entry.partition(":")
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024
+    fields["workers_rss"] = sum(memory_mb(child)["VmRSS"] for child in _descendants(pid))
     return fields
 
 
+def _descendants(pid: int | str) -> list[int]:
+    """Processes started by ``pid`` (the worker processes and their fork server), any depth."""
+    parent_of: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # it exited
+        parent_of[int(stat.parent.name)] = int(fields[1])
+    root = os.getpid() if pid == "self" else int(pid)
+    found, frontier = [], [root]
+    while frontier:
+        frontier = [child for child, parent in parent_of.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 def memory_text(fields: dict[str, float]) -> str:
-    return f"VmRSS {fields['VmRSS']:.0f} MB, VmHWM (peak so far) {fields['VmHWM']:.0f} MB"
+    workers = f", worker processes {fields['workers_rss']:.0f} MB" if fields["workers_rss"] else ""
+    return f"VmRSS {fields['VmRSS']:.0f} MB, VmHWM (peak so far) {fields['VmHWM']:.0f} MB{workers}"
 
 
 def spoken_utterances(work: Path, per_length: int, seed: int = 1) -> list[Spoken]:
@@ -178,6 +203,14 @@ class Load:
     latencies: list[float]  # seconds
     wrong: int
     drain_s: float
+    loop_lag: list[float]  # seconds a 5 ms sleep woke up late, sampled while they spoke
+
+
+async def loop_lag_probe(stop: asyncio.Event, lags: list[float], interval: float = 0.005) -> None:
+    while not stop.is_set():
+        asked = time.perf_counter()
+        await asyncio.sleep(interval)
+        lags.append(time.perf_counter() - asked - interval)
 
 
 async def callers(
@@ -205,10 +238,14 @@ async def callers(
             pending.append(asyncio.create_task(decode(s)))
             await asyncio.sleep(gap_s)
 
+    stop, lags = asyncio.Event(), list[float]()
+    probe = asyncio.create_task(loop_lag_probe(stop, lags))
     await asyncio.gather(*(caller(i) for i in range(k)))
     stopped = time.perf_counter()
     await asyncio.gather(*pending)
-    return Load(k, latencies, wrong, time.perf_counter() - stopped)
+    stop.set()
+    await probe
+    return Load(k, latencies, wrong, time.perf_counter() - stopped, lags)
 
 
 async def concurrency(
@@ -225,6 +262,8 @@ async def concurrency(
             Column("p95_ms", "p95 ms", ".0f"),
             Column("drain_ms", "drain ms", ".0f"),
             Column("wrong", "wrong", "d"),
+            Column("loop_lag_p99_ms", "loop lag p99 ms", ".1f"),
+            Column("loop_lag_max_ms", "loop lag max ms", ".1f"),
             Column("verdict", "verdict", ""),
         ],
         label_header="K",
@@ -243,6 +282,8 @@ async def concurrency(
             p95_ms=p95 * 1000,
             drain_ms=load.drain_s * 1000,
             wrong=load.wrong,
+            loop_lag_p99_ms=(percentile(load.loop_lag, 99) or 0.0) * 1000,
+            loop_lag_max_ms=max(load.loop_lag, default=0.0) * 1000,
             verdict="keeps up" if ok else "FALLS BEHIND",
             keeps_up=ok,
         )
@@ -272,7 +313,11 @@ async def run(args: argparse.Namespace) -> None:
     logging.getLogger("ari_app.speech.recognizer").setLevel(logging.ERROR)
     host = machine()
     settings = RecognizerSettings(
-        model=args.model, threads=args.threads, workers=args.workers, max_queue=args.max_queue
+        model=args.model,
+        threads=args.threads,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        processes=args.processes,
     )
     print(f"SPEECH LATENCY - model {args.model!r}{' (QUICK smoke run)' if args.quick else ''}")
     print(machine_line(host))
@@ -280,7 +325,7 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"cores: '{host['cpu_count']} cores' means os.cpu_count() = {host['cpu_count']}, the CPUs "
         f"the OS shows{shared}; the recogniser runs {settings.workers} decode(s) at once x "
-        f"{settings.threads} thread(s) each"
+        f"{settings.threads} thread(s) each, in {'worker processes' if settings.processes else 'threads'}"
     )
     print(f"settings: {settings}")
     memory: dict[str, float] = {"before_load_rss_mb": memory_mb()["VmRSS"]}
@@ -314,16 +359,31 @@ async def run(args: argparse.Namespace) -> None:
     await recognizer.close()
     end = memory_mb()
     memory["end_rss_mb"] = end["VmRSS"]
+    memory["workers_after_decoding_rss_mb"] = after_decoding["workers_rss"]
     memory["peak_hwm_mb"] = end["VmHWM"]
     mem = Table(
         "memory",
-        "3. MEMORY of this process (MB)",
-        [Column("rss_mb", "VmRSS", ".0f"), Column("hwm_mb", "VmHWM (peak)", ".0f")],
+        "3. MEMORY of this process and its worker processes (MB)",
+        [
+            Column("rss_mb", "VmRSS", ".0f"),
+            Column("hwm_mb", "VmHWM (peak)", ".0f"),
+            Column("workers_rss_mb", "worker processes VmRSS", ".0f"),
+        ],
         label_header="when",
     )
     mem.add("before loading", rss_mb=memory["before_load_rss_mb"])
-    mem.add("after loading", rss_mb=memory["after_load_rss_mb"], hwm_mb=after_load["VmHWM"])
-    mem.add("after table 1", rss_mb=memory["after_decoding_rss_mb"], hwm_mb=after_decoding["VmHWM"])
+    mem.add(
+        "after loading",
+        rss_mb=memory["after_load_rss_mb"],
+        hwm_mb=after_load["VmHWM"],
+        workers_rss_mb=after_load["workers_rss"],
+    )
+    mem.add(
+        "after table 1",
+        rss_mb=memory["after_decoding_rss_mb"],
+        hwm_mb=after_decoding["VmHWM"],
+        workers_rss_mb=after_decoding["workers_rss"],
+    )
     mem.add("at the end", rss_mb=memory["end_rss_mb"], hwm_mb=memory["peak_hwm_mb"])
     tables.append(mem)
     print(f"\n{mem.render()}")
@@ -371,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=RecognizerSettings.workers)
     parser.add_argument("--threads", type=int, default=RecognizerSettings.threads)
     parser.add_argument("--max-queue", type=int, default=RecognizerSettings.max_queue)
+    parser.add_argument("--processes", action="store_true", help="decode in worker processes")
     parser.add_argument("--start-k", type=int, default=1)
     parser.add_argument("--gap-s", type=float, default=1.0)
     parser.add_argument("--keep-up-s", type=float, default=2.0)

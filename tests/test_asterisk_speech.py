@@ -74,6 +74,24 @@ async def test_a_pin_with_double(speech_service: Service, voices: dict[str, str]
     assert any(e.kind == "utterance" and e.detail for e in entry.events)
 
 
+async def test_a_pin_decoded_in_worker_processes(
+    asterisk: AsteriskSandbox, voices: dict[str, str], tmp_path: Path
+) -> None:
+    """SPEECH_PROCESSES=on: the same call, its utterances decoded in worker processes."""
+    settings = replace(
+        service_settings(asterisk, f"sqlite+aiosqlite:///{tmp_path / 'p.sqlite3'}", speech=True),
+        speech_processes=True,
+    )
+    async with serving(settings) as service:
+        call = await service.callers.place_call(
+            "num_digits=4,label=pin,prompt=sound:beep", f"wait:0.5^play:{voices['pin_double']}"
+        )
+        result = await service.callers.dialplan_result(call, within=30)
+        entry = await stored_entry(service.store, call.channel_id)
+    assert (result.status, result.digits) == ("completed", "5512")
+    assert [e.source for e in entry.events if e.kind == "digit"] == ["voice"] * 4
+
+
 @pytest.mark.parametrize(
     "spoken",
     [

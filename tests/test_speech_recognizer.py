@@ -7,7 +7,9 @@ Speech comes from espeak-ng through a telephone channel made with sox (8 kHz mu-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -71,10 +73,11 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("speech")
 
 
-@pytest.fixture(scope="module")
-def recognizer() -> Iterator[DigitRecognizer]:
-    """The model, loaded once for the module."""
-    recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, max_queue=4))
+@pytest.fixture(scope="module", params=["threads", "processes"])
+def recognizer(request: pytest.FixtureRequest) -> Iterator[DigitRecognizer]:
+    """The model, loaded once for the module: decoding in threads, then in worker processes."""
+    settings = RecognizerSettings(workers=2, max_queue=4, processes=request.param == "processes")
+    recognizer = DigitRecognizer.load(settings)
     yield recognizer
     asyncio.run(recognizer.close())
 
@@ -248,9 +251,41 @@ async def test_closed_recognizer_refuses_work(pin: Audio) -> None:
         await recognizer.recognize(pin)
 
 
-def test_bad_model_path_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True])
+def test_bad_model_path_is_a_clear_error(tmp_path: Path, processes: bool) -> None:
     with pytest.raises(RuntimeError, match="could not load the Whisper model"):
-        DigitRecognizer.load(RecognizerSettings(model=str(tmp_path / "missing")))
+        DigitRecognizer.load(
+            RecognizerSettings(model=str(tmp_path / "missing"), processes=processes)
+        )
+
+
+def _descendants() -> set[int]:
+    """This process's children, theirs, and so on (the worker processes are the children of
+    multiprocessing's fork server)."""
+    parent_of = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    found: set[int] = set()
+    frontier = {os.getpid()}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+async def test_worker_processes_decode_and_stop_on_close(pin: Audio) -> None:
+    before = _descendants()
+    recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, processes=True))
+    started = _descendants() - before
+    assert len(started) >= 2  # two workers (and the fork server, the first time)
+    results = await asyncio.gather(*(recognizer.recognize(pin, max_digits=4) for _ in range(3)))
+    assert [r.digits for r in results] == ["4719"] * 3
+    assert recognizer.stats.decoded == 3 and recognizer.stats.failed == 0
+    await recognizer.close()
+    assert len(started & _descendants()) == len(started) - 2  # the workers are gone
+    with pytest.raises(RuntimeError, match="closed"):
+        await recognizer.recognize(pin)
 
 
 async def test_speech_device_cuda_reaches_faster_whisper(pin: Audio) -> None:
@@ -273,6 +308,13 @@ def test_a_bad_speech_device_is_refused(value: str) -> None:
     with pytest.raises(SettingsError, match="SPEECH_DEVICE"):
         Settings.from_env({"SPEECH_DEVICE": value})
     assert Settings.from_env({"SPEECH_DEVICE": "CUDA"}).speech_device == "cuda"
+
+
+def test_speech_processes_is_on_or_off() -> None:
+    assert Settings.from_env({}).speech_processes is False
+    assert Settings.from_env({"SPEECH_PROCESSES": "ON"}).speech_processes is True
+    with pytest.raises(SettingsError, match="SPEECH_PROCESSES must be on or off"):
+        Settings.from_env({"SPEECH_PROCESSES": "2"})
 
 
 def test_bad_settings_are_refused() -> None:

@@ -66,8 +66,11 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
 Memory: loading the model fixes glibc's mmap threshold (see :func:`_fix_mmap_threshold`) and
 windows are decoded at most two at a time, so RSS does not ratchet up with each decode.
 
-Concurrency: decodes run in a thread pool of ``workers`` threads (``threads`` CPU threads each).
-At most ``max_queue`` requests wait for a worker; beyond that, :meth:`DigitRecognizer.recognize`
+Concurrency: decodes run in a thread pool of ``workers`` threads (``threads`` CPU threads each),
+or with ``processes`` in ``workers`` worker processes, each holding its own copy of the model
+(about 150 MB more each): there the Python around a decode (features, search bookkeeping, the
+judgement) no longer holds this process's GIL, so the event loop beside it keeps its pace
+(bench/speech_latency.py measures both). At most ``max_queue`` requests wait for a worker; beyond that, :meth:`DigitRecognizer.recognize`
 refuses the utterance at once (``rejected="overloaded"``): an overloaded recogniser would only
 answer later and later for everyone, and a refused turn is silence to the rules (keys still
 work, no digit is invented, the caller is asked again).
@@ -81,12 +84,14 @@ import functools
 import itertools
 import logging
 import math
+import multiprocessing
 import re
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -140,6 +145,7 @@ class RecognizerSettings:
     model: str = ""
     threads: int = 1  # CPU threads per decode
     workers: int = 2  # decodes in parallel
+    processes: bool = False  # each decode in a worker process (True) or a thread of this one
     max_queue: int = 16  # requests waiting for a worker; past that, utterances are refused
     compute_type: str = "int8"
     device: str = "cpu"  # or "cuda" (or "auto"), passed to faster-whisper
@@ -828,14 +834,26 @@ def _looks_wrong(digits: str, spans: list[tuple[int, int]], max_digits: int) -> 
 
 
 class DigitRecognizer:
-    """Whisper restricted to digits, decoding in a bounded thread pool."""
+    """Whisper restricted to digits, decoding in a bounded pool of threads or processes."""
 
-    def __init__(self, decoder: _Decoder, settings: RecognizerSettings) -> None:
+    def __init__(self, decoder: _Decoder | None, settings: RecognizerSettings) -> None:
+        """``decoder``: the model, in this process; None with ``settings.processes`` (each
+        worker process loads its own)."""
         self._decoder = decoder
         self.settings = settings
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="whisper"
-        )
+        self._executor: Executor
+        if decoder is None:
+            self._executor = ProcessPoolExecutor(
+                settings.workers,
+                # Not fork: this process runs threads (the event loop's, CTranslate2's).
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_load_in_worker_process,
+                initargs=(replace(settings, processes=False),),
+            )
+        else:
+            self._executor = ThreadPoolExecutor(
+                max_workers=settings.workers, thread_name_prefix="whisper"
+            )
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("decoded", "fallbacks", "queued", "running", "behind", "refused", "failed"), 0
@@ -846,14 +864,35 @@ class DigitRecognizer:
 
     @classmethod
     def load(cls, settings: RecognizerSettings | None = None) -> DigitRecognizer:
-        """Load the model once (blocking, a second or so: call it in a thread)."""
+        """Load the model once (blocking, a second or so: call it in a thread). With
+        ``settings.processes``, start the worker processes and wait until each has loaded it."""
         settings = settings or RecognizerSettings()
-        return cls(_Decoder(settings), settings)
+        if not settings.processes:
+            return cls(_Decoder(settings), settings)
+        resolve_model(settings.model)  # a missing model fails here, with its own message
+        recognizer = cls(None, settings)
+        try:
+            # One task per worker while the others are busy with theirs: every process starts.
+            ready = [recognizer._executor.submit(time.sleep, 0.2) for _ in range(settings.workers)]
+            for started in ready:
+                started.result()
+        except BrokenProcessPool:
+            recognizer._executor.shutdown(wait=True)
+            raise RuntimeError(
+                f"a speech worker process could not load the Whisper model {settings.model!r} "
+                "(its error is on stderr)"
+            ) from None
+        return recognizer
 
     @property
     def stats(self) -> RecognizerStats:
         with self._lock:
             c = dict(self._counts)
+        if self.settings.processes:
+            # A worker process does not say when it starts a decode: of the requests in
+            # flight, as many as there are workers are taken to be running.
+            c["running"] = min(c["queued"], self.settings.workers)
+            c["queued"] -= c["running"]
         return RecognizerStats(
             decoded=c["decoded"],
             fallbacks=c["fallbacks"],
@@ -900,16 +939,15 @@ class DigitRecognizer:
             )
         await admission.acquire()
         self._count("queued")
+        job = (samples, max_digits, vocabulary, expected_digits, submitted)
         try:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                self._run,
-                samples,
-                max_digits,
-                vocabulary,
-                expected_digits,
-                submitted,
-            )
+            if self._decoder is None:
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._executor, _recognize_in_worker_process, *job
+                )
+                future.add_done_callback(self._count_worker_result)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, *job)
         except BaseException:
             self._count("queued", -1)
             admission.release()
@@ -926,10 +964,15 @@ class DigitRecognizer:
         vocabulary: Vocabulary = "digits",
         expected_digits: int | None = None,
     ) -> Recognition:
-        """The same as :meth:`recognize`, in the calling thread (benchmarks, scripts)."""
+        """The same as :meth:`recognize`, waiting in the calling thread (benchmarks, scripts)."""
         samples = _check_audio(audio)
         self._count("queued")
-        return self._run(samples, max_digits, vocabulary, expected_digits, time.perf_counter())
+        job = (samples, max_digits, vocabulary, expected_digits, time.perf_counter())
+        if self._decoder is None:
+            future = self._executor.submit(_recognize_in_worker_process, *job)
+            future.add_done_callback(self._count_worker_result)
+            return future.result()
+        return self._run(*job)
 
     def transcribe_blocking(
         self, audio: npt.NDArray[np.floating[Any]], *, max_digits: int = 64
@@ -962,34 +1005,32 @@ class DigitRecognizer:
         expected_digits: int | None,
         submitted: float,
     ) -> Recognition:
-        started = time.perf_counter()
+        """One decode in a worker thread of this process, counted."""
         with self._lock:
             self._counts["queued"] -= 1
             self._counts["running"] += 1
         try:
-            heard = self._decode(audio, max(1, max_digits), vocabulary, expected_digits)
-            digits, confidences, rejected = judge(heard, vocabulary)
+            result = self._recognized(audio, max_digits, vocabulary, expected_digits, submitted)
         except Exception:
             self._count("failed")
             raise
         finally:
             self._count("running", -1)
-        done = time.perf_counter()
-        result = Recognition(
-            text=heard.text,
-            audio_ms=round(len(audio) * 1000 / SAMPLE_RATE),
-            queued_ms=(started - submitted) * 1000,
-            decode_ms=(done - started) * 1000,
-            digits=digits,
-            segments=heard.segments,
-            fallback=heard.fallback,
-            confidences=confidences,
-            rejected=rejected,
-            heard=heard.free_text,
-        )
+        self._count_result(result)
+        return result
+
+    def _count_worker_result(self, done: Future[Recognition] | asyncio.Future[Recognition]) -> None:
+        """A worker process's decode, counted when it comes back."""
+        self._count("queued", -1)
+        if done.cancelled() or done.exception() is not None:
+            self._count("failed")
+        else:
+            self._count_result(done.result())
+
+    def _count_result(self, result: Recognition) -> None:
         with self._lock:
             self._counts["decoded"] += 1
-            self._counts["fallbacks"] += heard.fallback
+            self._counts["fallbacks"] += result.fallback
         slow = result.decode_ms > max(result.audio_ms, 1)
         if slow or result.queued_ms > self.settings.queue_warn_ms:
             self._count("behind")
@@ -999,7 +1040,38 @@ class DigitRecognizer:
                 result.queued_ms,
                 result.decode_ms,
             )
-        return result
+
+    @property
+    def _model_here(self) -> _Decoder:
+        if self._decoder is None:
+            raise RuntimeError("this recognizer decodes in its worker processes")
+        return self._decoder
+
+    def _recognized(
+        self,
+        audio: npt.NDArray[np.float32],
+        max_digits: int,
+        vocabulary: Vocabulary,
+        expected_digits: int | None,
+        submitted: float,
+    ) -> Recognition:
+        """Decode and judge one utterance, here and now (any worker: thread or process)."""
+        started = time.perf_counter()
+        heard = self._decode(audio, max(1, max_digits), vocabulary, expected_digits)
+        digits, confidences, rejected = judge(heard, vocabulary)
+        return Recognition(
+            text=heard.text,
+            audio_ms=round(len(audio) * 1000 / SAMPLE_RATE),
+            # perf_counter is the system's monotonic clock: it spans processes.
+            queued_ms=(started - submitted) * 1000,
+            decode_ms=(time.perf_counter() - started) * 1000,
+            digits=digits,
+            segments=heard.segments,
+            fallback=heard.fallback,
+            confidences=confidences,
+            rejected=rejected,
+            heard=heard.free_text,
+        )
 
     def _decode(
         self,
@@ -1021,7 +1093,7 @@ class DigitRecognizer:
         spans = speech_segments(audio, self.settings.min_pause_ms)
         if not spans:
             return Heard()  # silence (or a click): nothing to decode
-        decoder = self._decoder
+        decoder = self._model_here
         seconds = len(audio) / SAMPLE_RATE
         # No one says more than ~5 digits a second; 2 tokens a digit ("5," / " five").
         budget = min(max_digits, math.ceil(5 * seconds) + 2)
@@ -1145,7 +1217,7 @@ class DigitRecognizer:
     ) -> str | None:
         """The pause-separated segments decoded one by one and merged with the whole
         transcript's ``digits`` (see :func:`combine`); None when that made it worse."""
-        decoder = self._decoder
+        decoder = self._model_here
         pieces = _cut_at_pauses(len(audio), spans)
         longest_piece = max(b - a for a, b in pieces) / SAMPLE_RATE
         per_segment = decoder.generate(
@@ -1165,6 +1237,27 @@ class DigitRecognizer:
         ):
             return None
         return combined
+
+
+# The recogniser of a worker process (``processes``): loaded once, when the process starts.
+_worker_recognizer: DigitRecognizer | None = None
+
+
+def _load_in_worker_process(settings: RecognizerSettings) -> None:
+    global _worker_recognizer
+    _worker_recognizer = DigitRecognizer.load(settings)
+
+
+def _recognize_in_worker_process(
+    audio: npt.NDArray[np.float32],
+    max_digits: int,
+    vocabulary: Vocabulary,
+    expected_digits: int | None,
+    submitted: float,
+) -> Recognition:
+    if _worker_recognizer is None:
+        raise RuntimeError("this speech worker process has no model")
+    return _worker_recognizer._recognized(audio, max_digits, vocabulary, expected_digits, submitted)
 
 
 def _release(done: asyncio.Future[Recognition], admission: asyncio.Semaphore) -> None:
