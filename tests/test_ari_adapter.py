@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from ari_app.ari import app as ari_app_module
 from ari_app.ari.app import AriApplication, AriCallPort, ari_media
-from ari_app.ari.client import AriClient, AriUnreachable
+from ari_app.ari.client import AriClient, AriUnreachable, ChannelNotReady, basic_authorization
 from ari_app.ari.events import (
+    EVENT_TYPES_USED,
     ApplicationReplaced,
     ChannelLeft,
     DtmfReceived,
@@ -28,6 +30,7 @@ from ari_app.ports import CallPort, ChannelGone, TransportError
 from ari_app.settings import Settings
 from ari_app.store.records import EntryStart
 from devtools.memory_store import MemoryStore
+from tests.conftest import free_tcp_port
 
 # Recorded from Asterisk 22.10.1 (the sandbox), trimmed to the fields that matter.
 STASIS_START: dict[str, Any] = {
@@ -337,34 +340,179 @@ async def test_shutdown_cancels_calls_still_running_after_the_grace(
     assert "cancelling 1 call tasks" in caplog.text
 
 
-class _Channels:
-    """aioari's channels repository, recording the operations called on it."""
+class _RecordingAri:
+    """An HTTP server standing in for ARI's REST side: records each request, answers with the
+    status set for its path (204 otherwise)."""
 
-    def __init__(self, *, bulk: bool) -> None:
-        self.api = SimpleNamespace(setChannelVars=object()) if bulk else SimpleNamespace()
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+        self.status: dict[str, int] = {}
 
-    async def setChannelVar(self, **params: Any) -> None:
-        self.calls.append(("setChannelVar", params))
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else None
+        self.requests.append((request.method, request.path, dict(request.query), body))
+        if request.headers.get("Authorization") != basic_authorization("u", "p"):
+            return web.Response(status=401)
+        status = self.status.get(request.path, 204)
+        return web.Response(status=status, text="" if status == 204 else "why")
 
-    async def setChannelVars(self, **params: Any) -> None:
-        self.calls.append(("setChannelVars", params))
+
+@pytest.fixture
+async def recording_ari() -> AsyncIterator[tuple[_RecordingAri, str]]:
+    ari = _RecordingAri()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ari.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield ari, f"http://127.0.0.1:{port}/"
+    await runner.cleanup()
+
+
+def _connected_client(base_url: str, *, bulk_variables: bool = True) -> AriClient:
+    """An AriClient as connect() leaves it, with the swagger operations it looks for."""
+    client = AriClient(base_url, "u", "p", "digits")
+    client._http_client()
+    api = SimpleNamespace(setChannelVars=object()) if bulk_variables else SimpleNamespace()
+    client._client = SimpleNamespace(channels=SimpleNamespace(api=api))
+    return client
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["asterisk_22_10", "older_asterisk"])
-async def test_the_hand_back_variables_take_one_request_where_asterisk_allows(bulk: bool) -> None:
-    channels = _Channels(bulk=bulk)
-    client = AriClient("http://127.0.0.1:8088/", "u", "p", "digits")
-    client._client = SimpleNamespace(channels=channels)
-    await client.set_variables("c1", {"DIGITS": "123", "DIGITS_STATUS": "completed"})
+async def test_the_hand_back_variables_take_one_request_where_asterisk_allows(
+    recording_ari: tuple[_RecordingAri, str], bulk: bool
+) -> None:
+    ari, url = recording_ari
+    client = _connected_client(url, bulk_variables=bulk)
+    try:
+        await client.set_variables("c1", {"DIGITS": "123", "DIGITS_STATUS": "completed"})
+    finally:
+        await client.close()
     if bulk:
         variables = {"DIGITS": "123", "DIGITS_STATUS": "completed"}
-        assert channels.calls == [("setChannelVars", {"channelId": "c1", "variables": variables})]
+        assert ari.requests == [
+            ("POST", "/ari/channels/c1/variables", {}, {"variables": variables})
+        ]
     else:
-        assert channels.calls == [
-            ("setChannelVar", {"channelId": "c1", "variable": "DIGITS", "value": "123"}),
+        assert sorted(ari.requests, key=repr) == [
+            ("POST", "/ari/channels/c1/variable", {"variable": "DIGITS", "value": "123"}, None),
             (
-                "setChannelVar",
-                {"channelId": "c1", "variable": "DIGITS_STATUS", "value": "completed"},
+                "POST",
+                "/ari/channels/c1/variable",
+                {"variable": "DIGITS_STATUS", "value": "completed"},
+                None,
             ),
         ]
+
+
+async def test_the_per_entry_requests_go_where_ari_documents_them(
+    recording_ari: tuple[_RecordingAri, str],
+) -> None:
+    ari, url = recording_ari
+    client = _connected_client(url)
+    channel = "pbx1-1700000000.12/3 ?&"  # a systemname prefix, and characters URLs reserve
+    try:
+        await client.answer(channel)
+        await client.play(channel, "pb-1", ["sound:beep", "digits:12"])
+        await client.stop_playback("pb-1")
+        await client.continue_in_dialplan(channel)
+        await client.hangup(channel)
+    finally:
+        await client.close()
+    assert ari.requests == [
+        ("POST", f"/ari/channels/{channel}/answer", {}, None),
+        (
+            "POST",
+            f"/ari/channels/{channel}/play",
+            {"media": "sound:beep,digits:12", "playbackId": "pb-1"},
+            None,
+        ),
+        ("DELETE", "/ari/playbacks/pb-1", {}, None),
+        ("POST", f"/ari/channels/{channel}/continue", {}, None),
+        ("DELETE", f"/ari/channels/{channel}", {}, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(404, ChannelGone), (409, ChannelGone), (422, ChannelNotReady), (500, TransportError)],
+)
+async def test_an_ari_error_answer_is_the_matching_error(
+    recording_ari: tuple[_RecordingAri, str], status: int, error: type[Exception]
+) -> None:
+    ari, url = recording_ari
+    ari.status["/ari/channels/c1/answer"] = status
+    ari.status["/ari/playbacks/gone"] = 404
+    client = _connected_client(url)
+    try:
+        with pytest.raises(error, match=f"answer: .*{status}"):
+            await client.answer("c1")
+        await client.stop_playback("gone")  # a playback that already ended is no error
+    finally:
+        await client.close()
+
+
+async def test_no_answer_from_ari_is_unreachable() -> None:
+    client = _connected_client(f"http://127.0.0.1:{free_tcp_port()}/")  # nothing listens
+    try:
+        with pytest.raises(AriUnreachable, match="answer"):
+            await client.answer("c1")
+    finally:
+        await client.close()
+    with pytest.raises(AriUnreachable, match="not connected"):
+        await AriClient("http://127.0.0.1:1/", "u", "p", "digits").answer("c1")
+
+
+async def test_asterisk_is_asked_for_the_used_event_types_only(
+    recording_ari: tuple[_RecordingAri, str],
+) -> None:
+    ari, url = recording_ari
+    client = _connected_client(url)
+    try:
+        assert await client.keep_only_events(["StasisStart", "StasisEnd"])
+        ari.status["/ari/applications/digits/eventFilter"] = 404  # before Asterisk 13.26 / 16.3
+        assert not await client.keep_only_events(["StasisStart"])
+    finally:
+        await client.close()
+    allowed = {"allowed": [{"type": "StasisStart"}, {"type": "StasisEnd"}]}
+    assert ari.requests[0] == (
+        "PUT",
+        "/ari/applications/digits/eventFilter",
+        {},
+        allowed,
+    )
+
+
+@pytest.mark.parametrize(
+    "kind",
+    # Event types Asterisk 22 sends a Stasis app in a call like ours.
+    [
+        "ChannelVarset",
+        "ChannelStateChange",
+        "ChannelDialplan",
+        "PlaybackStarted",
+        "ChannelDtmfReceived",
+        "PlaybackFinished",
+        "StasisStart",
+        "StasisEnd",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+        "ApplicationReplaced",
+        "ChannelEnteredBridge",
+        "ChannelLeftBridge",
+    ],
+)
+def test_the_event_filter_keeps_every_event_type_that_is_read(kind: str) -> None:
+    channel = {"id": "c1", "name": "PJSIP/a-1", "state": "Up"}
+    event = {
+        "type": kind,
+        "channel": channel,
+        "digit": "1",
+        "args": [],
+        "playback": {"id": "p", "target_uri": "channel:c1"},
+        "application": "digits",
+    }
+    read = parse_event(event) is not None
+    assert read == (kind in EVENT_TYPES_USED)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ari_app.ari.events import EVENT_TYPES_USED
 from ari_app.server import running_service
 from ari_app.store.migrate import upgrade_to_head_async
 from ari_app.store.records import EntryStart
@@ -42,6 +43,18 @@ async def test_keypad_entry_completes_on_the_last_digit(service: Service) -> Non
     assert [(e.digit, e.source) for e in digits] == [(d, "key") for d in "1234"]
     assert all(e.duration_ms and e.duration_ms > 0 for e in digits)
     assert [e.at_ms for e in digits] == sorted(e.at_ms for e in digits)
+
+
+async def test_asterisk_sends_the_app_only_the_event_types_it_reads(service: Service) -> None:
+    client = service.app.client
+    assert client is not None
+    status, application = await client.get(f"applications/{client.app}", within=5)
+    assert status == 200
+    assert sorted(e["type"] for e in application["events_allowed"]) == sorted(EVENT_TYPES_USED)
+    # ... and an entry still sees everything it needs.
+    call = await service.callers.place_call(f"num_digits=2,{QUICK}", "wait:0.5^dtmf:12")
+    result = await service.callers.dialplan_result(call)
+    assert (result.status, result.digits) == ("completed", "12")
 
 
 async def test_stop_key_ends_the_entry(service: Service) -> None:

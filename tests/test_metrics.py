@@ -317,6 +317,9 @@ class DroppableAri(AlwaysAnsweringAri):
         opened.set()
         await self.drop.wait()
 
+    async def keep_only_events(self, types: Any) -> bool:
+        return True
+
 
 async def wait_until(condition: Any, within: float = 5.0) -> None:
     async with asyncio.timeout(within):

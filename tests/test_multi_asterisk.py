@@ -94,6 +94,9 @@ class ScriptedAsterisk:
         while (event := await self.events.get()) is not None:  # None: the websocket drops
             on_event(event)
 
+    async def keep_only_events(self, types: Any) -> bool:
+        return True
+
     async def answer(self, channel_id: str) -> None:
         pass
 

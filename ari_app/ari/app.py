@@ -19,6 +19,7 @@ from ari_app.ari.client import (
     wait_until_subscribed,
 )
 from ari_app.ari.events import (
+    EVENT_TYPES_USED,
     ApplicationReplaced,
     ChannelLeft,
     DtmfReceived,
@@ -287,6 +288,7 @@ class AriApplication:
                 # The websocket must be up before we tell anyone we are ready (an originate into
                 # an app without a websocket is accepted, then the channel dies).
                 await wait_until_subscribed(listening, opened)
+                await self._send_only_used_events(client)
                 self.client = client
                 self.connected.set()
                 self.metrics.ari_connection(self.endpoint, connected=True)
@@ -328,6 +330,19 @@ class AriApplication:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.reconnect_max_delay)
+
+    async def _send_only_used_events(self, client: AriClient) -> None:
+        """Without the filter every event reaches us and the unused ones are dropped here, at
+        the cost of a JSON decode each; so a failure to set it is only worth a warning."""
+        try:
+            if not await client.keep_only_events(EVENT_TYPES_USED):
+                log.info(
+                    "ARI at %s has no event filter: unused events are dropped here", client.base_url
+                )
+        except TransportError as exc:
+            log.warning(
+                "could not set ARI's event filter (%s): unused events are dropped here", exc
+            )
 
     async def _listen_until_replaced(self, listening: asyncio.Task[None]) -> None:
         """Wait until the event websocket closes (raising why it failed), or another websocket

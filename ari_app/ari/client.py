@@ -1,7 +1,8 @@
 """aioari, wrapped once.
 
-What we keep from aioari: its Swagger-driven REST operations (validated against the running
-Asterisk's own API description). What we fix here, once:
+What we keep from aioari: the connection set-up (it reads the running Asterisk's own API
+description) and its Swagger-driven REST operations for the calls made once per entry or less
+often (snoop, externalMedia, bridges). What we fix here, once:
 
 * Its HTTP client puts the websocket credentials in the query string unencoded, and would send
   Basic auth as a *query parameter* on the websocket: we send a proper ``Authorization`` header
@@ -13,6 +14,10 @@ Asterisk's own API description). What we fix here, once:
 * It never reconnects: :class:`ari_app.ari.app.AriApplication` owns the reconnect loop.
 * It hands StasisStart (and every event) over as a raw dict: :mod:`ari_app.ari.events` turns
   dicts into typed events and rejects malformed ones.
+* Its operations cost more CPU than the request itself (each call walks the Swagger
+  parameters, and the answer is wrapped into model objects we never read): the calls every
+  entry makes several times (answer, play, stop a playback, set variables, continue, hang up)
+  go straight to aiohttp (:meth:`AriClient._rest`), with the same URLs and the same errors.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import yarl
 from aioari.client import Client as AioariClient
 from aiohttp import web_exceptions
 from aioswagger11.http_client import AsynchronousHttpClient, BasicAuthenticator
@@ -92,6 +98,7 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
         )
         self.authorization = basic_authorization(user, password)
+        self.rest_headers = {"Authorization": self.authorization, "Accept": "application/json"}
         self.heartbeat = heartbeat
 
     async def ws_connect(
@@ -106,6 +113,11 @@ class _AriHttpClient(AsynchronousHttpClient):  # type: ignore[misc]
         )
         self.websockets.add(socket)
         return socket
+
+
+def _quoted(segment: str) -> str:
+    """One path segment (a channel or playback id) as it goes in a URL."""
+    return urllib.parse.quote(segment, safe="")
 
 
 def decode_event(data: str) -> JsonObject | None:
@@ -220,40 +232,64 @@ class AriClient:
             raise AriUnavailable(f"GET applications/{self.app} answered HTTP {status}")
         return status == 200
 
+    async def keep_only_events(self, types: Sequence[str]) -> bool:
+        """Ask Asterisk to send this app only events of ``types`` (ARI's event filter, Asterisk
+        13.26 and 16.3 on); False where Asterisk has no filter. Raises TransportError."""
+        try:
+            await self._rest(
+                "eventFilter",
+                "PUT",
+                f"applications/{_quoted(self.app)}/eventFilter",
+                # The whole body is the filter (unlike setChannelVars' {"variables": ...}).
+                body={"allowed": [{"type": t} for t in types]},
+            )
+        except ChannelGone:  # 404: an Asterisk from before event filters
+            return False
+        return True
+
     # --- REST, in telephony terms ---------------------------------------------------------
 
     async def answer(self, channel_id: str) -> None:
-        await self._call("channels", "answer", channelId=channel_id)
+        await self._rest("answer", "POST", f"channels/{_quoted(channel_id)}/answer")
 
     async def play(self, channel_id: str, playback_id: str, media: Sequence[str]) -> None:
         # ARI wants one comma-separated value: repeated parameters keep only the last.
-        await self._call(
-            "channels", "play", channelId=channel_id, playbackId=playback_id, media=",".join(media)
+        await self._rest(
+            "play",
+            "POST",
+            f"channels/{_quoted(channel_id)}/play",
+            {"media": ",".join(media), "playbackId": playback_id},
         )
 
     async def stop_playback(self, playback_id: str) -> None:
         with contextlib.suppress(ChannelGone):  # the playback had already finished
-            await self._call("playbacks", "stop", playbackId=playback_id)
+            await self._rest("stop playback", "DELETE", f"playbacks/{_quoted(playback_id)}")
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
-        await self._call(
-            "channels", "setChannelVar", channelId=channel_id, variable=name, value=value
+        await self._rest(
+            "setChannelVar",
+            "POST",
+            f"channels/{_quoted(channel_id)}/variable",
+            {"variable": name, "value": value},
         )
 
     async def set_variables(self, channel_id: str, variables: Mapping[str, str]) -> None:
         """All in one request where Asterisk has one (22.10, 20.20 and later), else one each."""
         if self._client is not None and hasattr(self._client.channels.api, "setChannelVars"):
-            await self._call(
-                "channels", "setChannelVars", channelId=channel_id, variables=dict(variables)
+            await self._rest(
+                "setChannelVars",
+                "POST",
+                f"channels/{_quoted(channel_id)}/variables",
+                body={"variables": dict(variables)},
             )
             return
         await asyncio.gather(*(self.set_variable(channel_id, k, v) for k, v in variables.items()))
 
     async def continue_in_dialplan(self, channel_id: str) -> None:
-        await self._call("channels", "continueInDialplan", channelId=channel_id)
+        await self._rest("continue", "POST", f"channels/{_quoted(channel_id)}/continue")
 
     async def hangup(self, channel_id: str) -> None:
-        await self._call("channels", "hangup", channelId=channel_id)
+        await self._rest("hangup", "DELETE", f"channels/{_quoted(channel_id)}")
 
     async def snoop(self, channel_id: str, snoop_id: str) -> None:
         """A channel that hears what the caller says (``spy=in``), entering our app."""
@@ -314,7 +350,7 @@ class AriClient:
 
     async def hangup_quietly(self, channel_id: str) -> None:
         with contextlib.suppress(ChannelGone):
-            await self._call("channels", "hangup", channelId=channel_id)
+            await self.hangup(channel_id)
 
     async def channel_exists(self, channel_id: str) -> bool:
         try:
@@ -322,6 +358,41 @@ class AriClient:
         except ChannelGone:
             return False
         return True
+
+    async def _rest(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        body: JsonObject | None = None,
+    ) -> None:
+        """One ARI request whose answer we only need the status of; errors as :meth:`_call`'s."""
+        http = self._http
+        if self._client is None or http is None:
+            raise AriUnreachable("not connected to ARI")
+        url = self.base_url + "ari/" + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+        try:
+            async with http.session.request(
+                method,
+                yarl.URL(url, encoded=True),  # quoted above: yarl need not parse it again
+                headers=http.rest_headers,
+                json=body,
+            ) as response:
+                text = await response.text()  # read, so the connection goes back to the pool
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AriUnreachable(f"{operation}: {exc!r}") from None
+        if status < 300:
+            return
+        if status in (404, 409):  # no such channel or playback; not in our application
+            raise ChannelGone(f"{operation}: {status}")
+        if status == 422:
+            raise ChannelNotReady(f"{operation}: HTTP 422 {text}")
+        raise TransportError(f"{operation}: HTTP {status} {text}")
 
     async def _call(self, resource: str, operation: str, **params: object) -> Any:
         if self._client is None:

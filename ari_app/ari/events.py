@@ -71,6 +71,16 @@ class ApplicationReplaced:
 AriEvent = StasisStarted | DtmfReceived | PlaybackFinished | ChannelLeft | ApplicationReplaced
 
 _LEAVING = frozenset({"ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"})
+# Every event type parse_event reads; Asterisk is asked to send only these (see
+# AriClient.keep_only_events): the rest (ChannelVarset, ChannelStateChange, PlaybackStarted,
+# ChannelDialplan, ...) would cost a JSON decode each to be dropped.
+EVENT_TYPES_USED = (
+    "StasisStart",
+    "ChannelDtmfReceived",
+    "PlaybackFinished",
+    *sorted(_LEAVING),
+    "ApplicationReplaced",
+)
 
 
 def parse_event(raw: dict[str, Any]) -> AriEvent | None:
