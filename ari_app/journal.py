@@ -63,6 +63,7 @@ KIND_START: Final = "start"
 KIND_OUTCOME: Final = "outcome"
 # Records drained per round: enough for the store to group-commit a burst of outcomes.
 DRAIN_BATCH: Final = 200
+KEPT_DECODED: Final = 10_000  # records kept as objects for the drain (see Journal._appended)
 RETRY_FIRST_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
 # On shutdown, how long the drain may still write before what is left waits for the next start.
@@ -350,6 +351,10 @@ class Journal:
         self._drainer: asyncio.Task[None] | None = None
         # Integer ids of entries whose start the drain stored, until their outcome is stored.
         self._entry_ids: dict[str, int] = {}
+        # The records this run appends, as objects, by (entry key, kind): the drain need not
+        # decode them again (it did, for every record, and it showed in the profile of a busy
+        # server). Bounded: past it (a long database outage) they are decoded from the journal.
+        self._appended: dict[tuple[str, str], EntryStart | EntryOutcome] = {}
         self._database_failing = False
         self._journal_failing = False
         metrics.watch_journal(self.backlog)
@@ -380,15 +385,21 @@ class Journal:
     async def record_start(self, start: EntryStart) -> None:
         if start.entry_key is None:
             raise ValueError("a journaled entry needs its key")
-        await self._append(start.entry_key, KIND_START, _start_json(start))
+        await self._append(start.entry_key, KIND_START, _start_json(start), start)
 
     async def record_outcome(self, entry_key: str, outcome: EntryOutcome) -> None:
-        await self._append(entry_key, KIND_OUTCOME, _outcome_json(outcome))
+        await self._append(entry_key, KIND_OUTCOME, _outcome_json(outcome), outcome)
 
-    async def _append(self, entry_key: str, kind: str, body: str) -> None:
+    async def _append(
+        self, entry_key: str, kind: str, body: str, record: EntryStart | EntryOutcome
+    ) -> None:
+        if len(self._appended) < KEPT_DECODED:
+            # Before the append: the drain may read the record before this coroutine resumes.
+            self._appended[entry_key, kind] = record
         try:
             await self._writer.run(_append(entry_key, kind, body))
         except sqlite3.Error as exc:
+            self._appended.pop((entry_key, kind), None)
             self._journal_failing = True
             self._metrics.journal_write_failed()
             raise JournalError(f"the journal could not record entry {entry_key}: {exc}") from exc
@@ -465,7 +476,7 @@ class Journal:
         them. On any failure nothing is deleted: the retry's writes are idempotent."""
         starts = [record for record in records if record.kind == KIND_START]
         if starts:
-            ids = await self._store.start_entries([_start_from_json(r.body) for r in starts])
+            ids = await self._store.start_entries([self._start_of(r) for r in starts])
             self._entry_ids.update(zip((r.entry_key for r in starts), ids, strict=True))
         outcomes = [record for record in records if record.kind == KIND_OUTCOME]
         failures = [
@@ -478,6 +489,8 @@ class Journal:
         if failures:
             raise failures[0]
         await self._writer.run(_delete([record.seq for record in records]))
+        for record in records:
+            self._appended.pop((record.entry_key, record.kind), None)
         self._metrics.journal_replayed(len(outcomes))
         if not self._writer.backlog[0]:
             self._empty.set()
@@ -495,7 +508,7 @@ class Journal:
             )
             return
         try:
-            await self._store.finish_entry(entry_id, _outcome_from_json(record.body))
+            await self._store.finish_entry(entry_id, self._outcome_of(record))
         except EntryAlreadyFinishedError:
             pass  # stored by a drain that died before deleting the record: a replay
         except ValueError as exc:
@@ -507,6 +520,14 @@ class Journal:
                 exc,
             )
         self._entry_ids.pop(record.entry_key, None)
+
+    def _start_of(self, record: _Record) -> EntryStart:
+        start = self._appended.get((record.entry_key, record.kind))
+        return start if isinstance(start, EntryStart) else _start_from_json(record.body)
+
+    def _outcome_of(self, record: _Record) -> EntryOutcome:
+        outcome = self._appended.get((record.entry_key, record.kind))
+        return outcome if isinstance(outcome, EntryOutcome) else _outcome_from_json(record.body)
 
     async def close(self) -> None:
         """Drain for up to CLOSE_DRAIN_S more (unless the database is failing), then stop; what

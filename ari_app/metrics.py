@@ -26,10 +26,11 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +38,7 @@ from ari_app.vocabulary import Source, Status, Transport
 
 __all__ = ["DB_OPERATIONS", "Metrics", "discarded_metrics"]
 
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 PREFIX: Final = "ari_digits"
 # The store's write transactions, as labelled on the database metrics.
 DB_OPERATIONS: Final = (
@@ -63,6 +65,7 @@ class Metrics:
     def __init__(self, *, ari_endpoints: int = 1) -> None:
         """``ari_endpoints``: how many Asterisks ARI_URL lists (each its own connection)."""
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         registry = self.registry
         self._entries_started = Counter(
             f"{PREFIX}_entries_started_total",
@@ -194,10 +197,20 @@ class Metrics:
             self._ari_reconnects.labels(str(endpoint))
             self._ari_app_replaced.labels(str(endpoint))
 
+    def _child(self, metric: _Metric, *values: str) -> _Metric:
+        """``metric.labels(*values)``, remembered: ``labels`` takes a lock and checks its
+        arguments at every call, which showed in the profile of a busy server (each label
+        here comes from a small fixed set)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]  # stored by the metric it came from
+
     # --- calls ----------------------------------------------------------------------------
 
     def entry_started(self, transport: str) -> None:
-        self._entries_started.labels(transport).inc()
+        self._child(self._entries_started, transport).inc()
 
     def entry_finished(
         self,
@@ -209,15 +222,15 @@ class Metrics:
         first_digit_s: float | None,
     ) -> None:
         """``digit_sources``: one per digit kept; ``first_digit_s``: when the first came."""
-        self._entries_finished.labels(transport, status.value).inc()
-        self._entry_duration.labels(transport).observe(duration_s)
+        self._child(self._entries_finished, transport, status.value).inc()
+        self._child(self._entry_duration, transport).observe(duration_s)
         for source in digit_sources:
-            self._digits.labels(source.value).inc()
+            self._child(self._digits, source.value).inc()
         if first_digit_s is not None:
-            self._first_digit.labels(transport).observe(first_digit_s)
+            self._child(self._first_digit, transport).observe(first_digit_s)
 
     def event_handled(self, transport: str, latency_s: float) -> None:
-        self._event_handling.labels(transport).observe(latency_s)
+        self._child(self._event_handling, transport).observe(latency_s)
 
     # --- ARI ------------------------------------------------------------------------------
 
@@ -251,10 +264,10 @@ class Metrics:
         try:
             yield
         except Exception:  # not a cancellation: that is no fault of the database
-            self._db_errors.labels(operation).inc()
+            self._child(self._db_errors, operation).inc()
             raise
         finally:
-            self._db_write.labels(operation).observe(time.perf_counter() - started)
+            self._child(self._db_write, operation).observe(time.perf_counter() - started)
 
     # --- journal --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
+from ari_app import journal as journal_module
 from ari_app.doctor.journal import check_journal
 from ari_app.doctor.report import Status as DoctorStatus
 from ari_app.entry_key import is_entry_key, new_entry_key
@@ -169,9 +170,16 @@ async def test_without_the_journal_the_caller_waits_for_the_database(
     assert handback_s >= SLOW_STATEMENT_S
 
 
+# 5 kept: a backlog past what the journal keeps as objects is decoded from its records.
+@pytest.mark.parametrize("kept_decoded", [journal_module.KEPT_DECODED, 5])
 async def test_a_database_outage_loses_nothing_and_delays_nobody(
-    store: SwitchedStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: SwitchedStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    kept_decoded: int,
 ) -> None:
+    monkeypatch.setattr(journal_module, "KEPT_DECODED", kept_decoded)
     metrics = Metrics()
     journal = await open_journal(tmp_path / "journal.sqlite3", store, metrics)
     sessions = Sessions(journal, hash_key="k", metrics=Metrics())
