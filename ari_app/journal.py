@@ -254,34 +254,53 @@ class _SqliteWriter:
             connection.close()
 
     def _commit(self, connection: sqlite3.Connection, jobs: Sequence[_Job[Any]]) -> None:
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[_Job[Any], Any, BaseException | None]]
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                # A savepoint each: one job's failure (a full disk mid-batch) is its own.
-                connection.execute("SAVEPOINT job")
-                try:
-                    result = job.work(connection)
-                except Exception as exc:
-                    if not connection.in_transaction:
-                        # SQLite rolled the whole transaction back itself (SQLITE_FULL, an
-                        # I/O error): the jobs before this one are lost with it.
-                        raise
-                    connection.execute("ROLLBACK TO job")
-                    outcomes.append((job, None, exc))
-                else:
-                    outcomes.append((job, result, None))
-                connection.execute("RELEASE job")
-            connection.execute("COMMIT")
-        except Exception as exc:
+            outcomes = self._transaction(connection, jobs, each_alone=False)
+        except Exception:
+            # A job failed: run the batch again, each job in a savepoint, so that one job's
+            # failure (a full disk mid-batch) is its own. Only then: two more statements a job.
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-            outcomes = [(job, None, exc) for job in jobs]
+            try:
+                outcomes = self._transaction(connection, jobs, each_alone=True)
+            except Exception as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                outcomes = [(job, None, exc) for job in jobs]
         with contextlib.suppress(sqlite3.Error):
             self._refresh_backlog(connection)
         for job, result, error in outcomes:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                 job.loop.call_soon_threadsafe(_settle, job.done, result, error)
+
+    @staticmethod
+    def _transaction(
+        connection: sqlite3.Connection, jobs: Sequence[_Job[Any]], *, each_alone: bool
+    ) -> list[tuple[_Job[Any], Any, BaseException | None]]:
+        """Run ``jobs`` in one transaction and commit it. ``each_alone``: each job in a
+        savepoint, its failure rolled back and kept as its outcome; otherwise one raises."""
+        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        connection.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            if not each_alone:
+                outcomes.append((job, job.work(connection), None))
+                continue
+            connection.execute("SAVEPOINT job")
+            try:
+                result = job.work(connection)
+            except Exception as exc:
+                if not connection.in_transaction:
+                    # SQLite rolled the whole transaction back itself (SQLITE_FULL, an I/O
+                    # error): the jobs before this one are lost with it.
+                    raise
+                connection.execute("ROLLBACK TO job")
+                outcomes.append((job, None, exc))
+            else:
+                outcomes.append((job, result, None))
+            connection.execute("RELEASE job")
+        connection.execute("COMMIT")
+        return outcomes
 
     def _refresh_backlog(self, connection: sqlite3.Connection) -> None:
         count = int(connection.execute("SELECT count(*) FROM records").fetchone()[0])

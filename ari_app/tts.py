@@ -334,7 +334,10 @@ class TextPrompts:
         texts = sorted({item.text for item in media if isinstance(item, TextPrompt)})
         if not texts:
             return list(media)
-        played = await asyncio.gather(*(self._playable_text(text, label) for text in texts))
+        if len(texts) == 1:  # the usual case: no gather to set up
+            played = [await self._playable_text(texts[0], label)]
+        else:
+            played = await asyncio.gather(*(self._playable_text(text, label) for text in texts))
         rendered = dict(zip(texts, played, strict=True))
         return [rendered[item.text] if isinstance(item, TextPrompt) else item for item in media]
 
@@ -343,8 +346,9 @@ class TextPrompts:
             key, render = self.cache.start(text)
         except RecentlyFailed:
             return FALLBACK_MEDIA  # logged when it failed
-        # asyncio.wait neither cancels the shared render nor raises its error.
-        await asyncio.wait({render}, timeout=self.play_wait)
+        if not render.done():  # a cached prompt is done: no wait (and its timer) to set up
+            # asyncio.wait neither cancels the shared render nor raises its error.
+            await asyncio.wait({render}, timeout=self.play_wait)
         if not render.done():
             log.warning(
                 "channel %s: the text prompt %r is still rendering after %g s; playing %s instead",

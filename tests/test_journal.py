@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -433,3 +434,24 @@ async def test_doctor_reads_a_journal_given_by_a_relative_path(
         DoctorStatus.PASS,
         "var/journal.sqlite3: empty, nothing waits for the database",
     )
+
+
+async def test_a_job_that_fails_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    writer = journal_module._SqliteWriter(tmp_path / "journal.sqlite3", max_bytes=None)
+    await asyncio.to_thread(writer.start)
+    try:
+        busy = asyncio.ensure_future(writer.run(lambda connection: time.sleep(0.2)))
+        await asyncio.sleep(0.05)  # the writer is in that job: the next ones queue as one batch
+        results = await asyncio.gather(
+            writer.run(journal_module._append("a", "start", "{}")),
+            writer.run(journal_module._append("b", "bogus", "{}")),  # the kind CHECK refuses it
+            writer.run(journal_module._append("c", "outcome", "{}")),
+            return_exceptions=True,
+        )
+        await busy
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        kept = await writer.run(journal_module._oldest(10))
+        assert [(r.entry_key, r.kind) for r in kept] == [("a", "start"), ("c", "outcome")]
+    finally:
+        await asyncio.to_thread(writer.stop)
