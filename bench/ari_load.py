@@ -602,13 +602,15 @@ class Serve:
         return self.process.pid
 
 
-def start_serve(fake_url: str, work: Path, cpu: int, log_level: str) -> Serve:
+def start_serve(
+    fake_url: str, work: Path, cpu: int, log_level: str, *, ari_password: str = "bench"
+) -> Serve:
     database = work / "entries.sqlite3"
     api_port = free_port()
     ours = {
         "ARI_URL": fake_url,
         "ARI_USER": "ari-digits",
-        "ARI_PASSWORD": "bench",
+        "ARI_PASSWORD": ari_password,
         "ARI_APP": APP,
         "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "JOURNAL_PATH": str(work / "journal.sqlite3"),
