@@ -254,6 +254,8 @@ class FakeAri:
         self.socket: web.WebSocketResponse | None = None
         self.connected = asyncio.Event()
         self.frames_sent = 0
+        self.frames_filtered = 0  # not sent: outside the app's event filter, as Asterisk does
+        self.allowed_events: set[str] | None = None  # None: no filter set, every type goes
         self.requests = 0  # REST requests, the swagger loads at connect excluded
         self.unexpected: list[str] = []
         self.lag: list[float] = []
@@ -274,6 +276,7 @@ class FakeAri:
         app.router.add_post("/ari/channels/{channel}/variables", self._set_variables)
         app.router.add_post("/ari/channels/{channel}/continue", self._continue)
         app.router.add_get("/ari/channels/{channel}", self._get_channel)
+        app.router.add_put("/ari/applications/{app}/eventFilter", self._event_filter)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -294,6 +297,7 @@ class FakeAri:
         self.channels.clear()
         self.playbacks.clear()
         self.frames_sent = 0
+        self.frames_filtered = 0
         self.requests = 0
         self.unexpected.clear()
         self.lag.clear()
@@ -316,6 +320,10 @@ class FakeAri:
         if self.socket is None:
             raise ConnectionError("serve is not connected to the events websocket")
         at = time.perf_counter()
+        kind = frame[len('{"type":"') : frame.index('"', len('{"type":"'))]  # see event_frame
+        if self.allowed_events is not None and kind not in self.allowed_events:
+            self.frames_filtered += 1
+            return at
         await self.socket.send_str(frame)
         self.frames_sent += 1
         return at
@@ -469,6 +477,13 @@ class FakeAri:
         if channel is None:
             return web.json_response({"message": "Channel not found"}, status=404)
         return web.Response(text=channel.snapshot, content_type="application/json")
+
+    async def _event_filter(self, request: web.Request) -> web.Response:
+        """ARI's ``applications/{app}/eventFilter``: the body is the filter itself."""
+        body = await request.json()
+        allowed = [item["type"] for item in body.get("allowed", [])]
+        self.allowed_events = set(allowed) or None  # an empty list allows everything
+        return web.json_response({"name": request.match_info["app"], "events_allowed": allowed})
 
     async def _other(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -847,6 +862,7 @@ async def measure(
         - memory_before["nonvoluntary_ctxt_switches"],
         "latency_ms": {name: summary_ms(values) for name, values in latency.items()},
         "events_sent": fake.frames_sent,
+        "events_filtered": fake.frames_filtered,
         "channel_events_expected": expected_handled,
         "channel_events_handled": handled,
         "stasis_starts_without_prompt": no_prompt,
