@@ -66,7 +66,7 @@ DRAIN_BATCH: Final = 200
 # After a record wakes the drain, it waits this long for more before writing to the database:
 # at 50 calls a second a transaction then carries several records instead of one each (the
 # hand-back never waits for the drain; the database row comes this much later).
-DRAIN_GATHER_S: Final = 0.05
+DRAIN_GATHER_S: Final = 0.2
 KEPT_DECODED: Final = 10_000  # records kept as objects for the drain (see Journal._appended)
 RETRY_FIRST_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
