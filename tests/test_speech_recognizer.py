@@ -12,10 +12,12 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import ctranslate2
@@ -272,6 +274,38 @@ def _descendants() -> set[int]:
         frontier = {child for child, parent in parent_of.items() if parent in frontier}
         found |= frontier
     return found
+
+
+async def test_a_worker_process_that_dies_is_replaced(
+    pin: Audio, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = _descendants()
+    recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, processes=True))
+    try:
+        assert (await recognizer.recognize(pin, max_digits=4)).digits == "4719"
+        workers = [pid for pid in _descendants() - before if _is_worker(pid)]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        outcomes = await asyncio.gather(
+            *(recognizer.recognize(pin, max_digits=4) for _ in range(2)), return_exceptions=True
+        )
+        # What the dead pool held fails (the listener logs it; the turn is silence) ...
+        assert all(isinstance(o, BrokenProcessPool) or o.digits == "4719" for o in outcomes)
+        assert "a worker process died" in caplog.text
+        # ... and new utterances go to new workers.
+        assert (await recognizer.recognize(pin, max_digits=4)).digits == "4719"
+        assert recognizer.stats.failed >= 1
+    finally:
+        await recognizer.close()
+
+
+def _is_worker(pid: int) -> bool:
+    """A worker process: a child of the fork server, which is this process's child."""
+    with contextlib.suppress(OSError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]) != (
+            os.getpid()
+        )
+    return False
 
 
 async def test_worker_processes_decode_and_stop_on_close(pin: Audio) -> None:

@@ -89,7 +89,7 @@ import re
 import sys
 import threading
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -843,13 +843,7 @@ class DigitRecognizer:
         self.settings = settings
         self._executor: Executor
         if decoder is None:
-            self._executor = ProcessPoolExecutor(
-                settings.workers,
-                # Not fork: this process runs threads (the event loop's, CTranslate2's).
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_load_in_worker_process,
-                initargs=(replace(settings, processes=False),),
-            )
+            self._executor = self._worker_processes()
         else:
             self._executor = ThreadPoolExecutor(
                 max_workers=settings.workers, thread_name_prefix="whisper"
@@ -940,21 +934,29 @@ class DigitRecognizer:
         await admission.acquire()
         self._count("queued")
         job = (samples, max_digits, vocabulary, expected_digits, submitted)
+        executor = self._executor
         try:
             if self._decoder is None:
                 future = asyncio.get_running_loop().run_in_executor(
-                    self._executor, _recognize_in_worker_process, *job
+                    executor, _recognize_in_worker_process, *job
                 )
                 future.add_done_callback(self._count_worker_result)
             else:
-                future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, *job)
-        except BaseException:
+                future = asyncio.get_running_loop().run_in_executor(executor, self._run, *job)
+        except BaseException as exc:
             self._count("queued", -1)
             admission.release()
+            if isinstance(exc, BrokenProcessPool):
+                self._count("failed")
+                self._replace_broken(executor)
             raise
         future.add_done_callback(lambda done: _release(done, admission))
         # A cancelled caller does not cancel the decode: its slot frees when the decode ends.
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except BrokenProcessPool:
+            self._replace_broken(executor)
+            raise
 
     def recognize_blocking(
         self,
@@ -970,7 +972,8 @@ class DigitRecognizer:
         job = (samples, max_digits, vocabulary, expected_digits, time.perf_counter())
         if self._decoder is None:
             future = self._executor.submit(_recognize_in_worker_process, *job)
-            future.add_done_callback(self._count_worker_result)
+            wait([future])  # then counted, before the caller can read the stats
+            self._count_worker_result(future)
             return future.result()
         return self._run(*job)
 
@@ -1040,6 +1043,23 @@ class DigitRecognizer:
                 result.queued_ms,
                 result.decode_ms,
             )
+
+    def _worker_processes(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.settings.workers,
+            # Not fork: this process runs threads (the event loop's, CTranslate2's).
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_load_in_worker_process,
+            initargs=(replace(self.settings, processes=False),),
+        )
+
+    def _replace_broken(self, broken: Executor) -> None:
+        """A worker process died (killed, out of memory): the pool refuses all work from then
+        on, so a new one takes its place; the utterances it held have failed."""
+        if self._executor is broken and not self._closed:
+            log.error("speech: a worker process died; starting new ones")
+            self._executor = self._worker_processes()
+            broken.shutdown(wait=False)
 
     @property
     def _model_here(self) -> _Decoder:
