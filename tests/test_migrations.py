@@ -276,12 +276,10 @@ def test_alembic_cli_with_ini(db_url: str, tmp_path: Path) -> None:
     assert not (tmp_path / "ari-digits.sqlite3").exists()
 
 
-def test_0003_backfills_first_digit_ms_from_events(db_url: str) -> None:
-    """Entries stored before 0003 get their time to first digit from their digit events."""
-    cfg = alembic_config(db_url)
-    command.upgrade(cfg, "0002")
+def run_sql(db_url: str, statements: list[str]) -> list[Any]:
+    """Run ``statements`` in one transaction; the last one's rows (none if it returns none)."""
 
-    async def run(statements: list[str]) -> list[Any]:
+    async def run() -> list[Any]:
         engine = create_async_engine(normalize_url(db_url))
         try:
             async with engine.begin() as conn:
@@ -292,6 +290,14 @@ def test_0003_backfills_first_digit_ms_from_events(db_url: str) -> None:
                 return list(result.all()) if result.returns_rows else []
         finally:
             await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_0003_backfills_first_digit_ms_from_events(db_url: str) -> None:
+    """Entries stored before 0003 get their time to first digit from their digit events."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0002")
 
     entry = (
         "INSERT INTO entries (id, channel_id, channel_name, parameters, transport, started_at,"
@@ -302,21 +308,20 @@ def test_0003_backfills_first_digit_ms_from_events(db_url: str) -> None:
         "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms)"
         " VALUES ({id}, {seq}, '{kind}', 1, {at})"
     )
-    asyncio.run(
-        run(
-            [
-                entry.format(id=1),
-                event.format(id=1, seq=0, kind="prompt", at=0),
-                event.format(id=1, seq=1, kind="stop_key", at=300),
-                event.format(id=1, seq=2, kind="digit", at=1700),
-                event.format(id=1, seq=3, kind="digit", at=900),
-                entry.format(id=2),
-                event.format(id=2, seq=0, kind="prompt", at=0),
-            ]
-        )
+    run_sql(
+        db_url,
+        [
+            entry.format(id=1),
+            event.format(id=1, seq=0, kind="prompt", at=0),
+            event.format(id=1, seq=1, kind="stop_key", at=300),
+            event.format(id=1, seq=2, kind="digit", at=1700),
+            event.format(id=1, seq=3, kind="digit", at=900),
+            entry.format(id=2),
+            event.format(id=2, seq=0, kind="prompt", at=0),
+        ],
     )
     command.upgrade(cfg, "head")
-    rows = asyncio.run(run(["SELECT id, first_digit_ms FROM entries ORDER BY id"]))
+    rows = run_sql(db_url, ["SELECT id, first_digit_ms FROM entries ORDER BY id"])
     assert [tuple(row) for row in rows] == [(1, 900), (2, None)]
     command.downgrade(cfg, "base")
 
@@ -327,55 +332,41 @@ def test_0005_adds_confidence_and_rejected_and_downgrades_keeping_events(db_url:
     cfg = alembic_config(db_url)
     command.upgrade(cfg, "0004")
 
-    async def run(statements: list[str]) -> list[Any]:
-        engine = create_async_engine(normalize_url(db_url))
-        try:
-            async with engine.begin() as conn:
-                result = None
-                for sql in statements:
-                    result = await conn.execute(text(sql))
-                assert result is not None
-                return list(result.all()) if result.returns_rows else []
-        finally:
-            await engine.dispose()
-
     def event_columns() -> set[str]:
         return set(describe_schema(db_url)["events_columns"])
 
-    asyncio.run(
-        run(
-            [
-                "INSERT INTO entries (id, channel_id, channel_name, parameters, transport,"
-                " started_at, status) VALUES (1, 'c1', 'PJSIP/x', '{}', 'ari',"
-                " '2026-11-25 10:00:00+00', 'completed')",
-                "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, digit, source)"
-                " VALUES (1, 0, 'digit', 1, 900, '7', 'voice')",
-            ]
-        )
+    run_sql(
+        db_url,
+        [
+            "INSERT INTO entries (id, channel_id, channel_name, parameters, transport,"
+            " started_at, status) VALUES (1, 'c1', 'PJSIP/x', '{}', 'ari',"
+            " '2026-11-25 10:00:00+00', 'completed')",
+            "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, digit, source)"
+            " VALUES (1, 0, 'digit', 1, 900, '7', 'voice')",
+        ],
     )
     assert not {"confidence", "rejected"} & event_columns()
 
     command.upgrade(cfg, "0005")
     assert current_revision(db_url) == "0005"
     assert {"confidence", "rejected"} <= event_columns()
-    rows = asyncio.run(
-        run(
-            [
-                "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, digit, source,"
-                " confidence) VALUES (1, 1, 'digit', 1, 950, '8', 'voice', 0.875)",
-                "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, source, detail,"
-                " rejected) VALUES (1, 2, 'utterance', 1, 990, 'voice', 'hm',"
-                f" '{'x' * 32}')",
-                "SELECT seq, confidence, rejected FROM entry_events ORDER BY seq",
-            ]
-        )
+    rows = run_sql(
+        db_url,
+        [
+            "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, digit, source,"
+            " confidence) VALUES (1, 1, 'digit', 1, 950, '8', 'voice', 0.875)",
+            "INSERT INTO entry_events (entry_id, seq, kind, attempt, at_ms, source, detail,"
+            " rejected) VALUES (1, 2, 'utterance', 1, 990, 'voice', 'hm',"
+            f" '{'x' * 32}')",
+            "SELECT seq, confidence, rejected FROM entry_events ORDER BY seq",
+        ],
     )
     assert [tuple(row) for row in rows] == [(0, None, None), (1, 0.875, None), (2, None, "x" * 32)]
 
     command.downgrade(cfg, "0004")
     assert current_revision(db_url) == "0004"
     assert not {"confidence", "rejected"} & event_columns()
-    rows = asyncio.run(run(["SELECT seq, digit FROM entry_events ORDER BY seq"]))
+    rows = run_sql(db_url, ["SELECT seq, digit FROM entry_events ORDER BY seq"])
     assert [tuple(row) for row in rows] == [(0, "7"), (1, "8"), (2, None)]
 
     command.upgrade(cfg, "head")
@@ -389,18 +380,6 @@ def test_0006_adds_a_unique_entry_key_and_downgrades_keeping_entries(db_url: str
     cfg = alembic_config(db_url)
     command.upgrade(cfg, "0005")
 
-    async def run(statements: list[str]) -> list[Any]:
-        engine = create_async_engine(normalize_url(db_url))
-        try:
-            async with engine.begin() as conn:
-                result = None
-                for sql in statements:
-                    result = await conn.execute(text(sql))
-                assert result is not None
-                return list(result.all()) if result.returns_rows else []
-        finally:
-            await engine.dispose()
-
     def insert(entry_id: int, key: str | None) -> str:
         value = "NULL" if key is None else f"'{key}'"
         return (
@@ -409,28 +388,27 @@ def test_0006_adds_a_unique_entry_key_and_downgrades_keeping_entries(db_url: str
             f" '{{}}', 'ari', '2026-12-03 10:00:00+00', 'completed', {value})"
         )
 
-    asyncio.run(
-        run(
-            [
-                "INSERT INTO entries (id, channel_id, channel_name, parameters, transport,"
-                " started_at, status) VALUES (1, 'c1', 'PJSIP/x', '{}', 'ari',"
-                " '2026-12-03 10:00:00+00', 'completed')"
-            ]
-        )
+    run_sql(
+        db_url,
+        [
+            "INSERT INTO entries (id, channel_id, channel_name, parameters, transport,"
+            " started_at, status) VALUES (1, 'c1', 'PJSIP/x', '{}', 'ari',"
+            " '2026-12-03 10:00:00+00', 'completed')"
+        ],
     )
     command.upgrade(cfg, "0006")
     assert current_revision(db_url) == "0006"
     key = new_entry_key()
-    rows = asyncio.run(
-        run([insert(2, key), insert(3, None), "SELECT id, entry_key FROM entries ORDER BY id"])
+    rows = run_sql(
+        db_url, [insert(2, key), insert(3, None), "SELECT id, entry_key FROM entries ORDER BY id"]
     )
     assert [tuple(row) for row in rows] == [(1, None), (2, key), (3, None)]
     with pytest.raises(IntegrityError):
-        asyncio.run(run([insert(4, key)]))
+        run_sql(db_url, [insert(4, key)])
 
     command.downgrade(cfg, "0005")
     assert "entry_key" not in describe_schema(db_url)["entries_columns"]
-    rows = asyncio.run(run(["SELECT id FROM entries ORDER BY id"]))
+    rows = run_sql(db_url, ["SELECT id FROM entries ORDER BY id"])
     assert [row[0] for row in rows] == [1, 2, 3]
 
     command.upgrade(cfg, "head")
@@ -444,18 +422,6 @@ def test_0007_adds_the_owning_serve_and_downgrades_keeping_entries(db_url: str) 
     cfg = alembic_config(db_url)
     command.upgrade(cfg, "0006")
 
-    async def run(statements: list[str]) -> list[Any]:
-        engine = create_async_engine(normalize_url(db_url))
-        try:
-            async with engine.begin() as conn:
-                result = None
-                for sql in statements:
-                    result = await conn.execute(text(sql))
-                assert result is not None
-                return list(result.all()) if result.returns_rows else []
-        finally:
-            await engine.dispose()
-
     def insert(entry_id: int, serve_id: str | None = None) -> str:
         owner = ", serve_id" if serve_id is not None else ""
         value = f", '{serve_id}'" if serve_id is not None else ""
@@ -465,18 +431,18 @@ def test_0007_adds_the_owning_serve_and_downgrades_keeping_entries(db_url: str) 
             f" 'ari', '2026-12-03 10:00:00+00', 'in_progress'{value})"
         )
 
-    asyncio.run(run([insert(1)]))
+    run_sql(db_url, [insert(1)])
     command.upgrade(cfg, "0007")
     assert current_revision(db_url) == "0007"
     assert describe_schema(db_url)["entries_columns"]["serve_id"]["nullable"]
-    asyncio.run(run([insert(2, "host-a:1"), insert(3, "host-b:1")]))
+    run_sql(db_url, [insert(2, "host-a:1"), insert(3, "host-b:1")])
 
     async def sweep_as_serve_a() -> int:
         async with Store.from_url(db_url, serve_id="host-a:1") as store:
             return await store.mark_stale_in_progress()
 
     assert asyncio.run(sweep_as_serve_a()) == 2
-    rows = asyncio.run(run(["SELECT id, status, serve_id FROM entries ORDER BY id"]))
+    rows = run_sql(db_url, ["SELECT id, status, serve_id FROM entries ORDER BY id"])
     assert [tuple(row) for row in rows] == [
         (1, "interrupted", None),
         (2, "interrupted", "host-a:1"),
@@ -485,7 +451,7 @@ def test_0007_adds_the_owning_serve_and_downgrades_keeping_entries(db_url: str) 
 
     command.downgrade(cfg, "0006")
     assert "serve_id" not in describe_schema(db_url)["entries_columns"]
-    rows = asyncio.run(run(["SELECT id FROM entries ORDER BY id"]))
+    rows = run_sql(db_url, ["SELECT id FROM entries ORDER BY id"])
     assert [row[0] for row in rows] == [1, 2, 3]
 
     command.upgrade(cfg, "head")
