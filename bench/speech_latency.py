@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import os
 import random
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from speech_tables import (
 )
 
 from ari_app.speech.recognizer import SAMPLE_RATE, DigitRecognizer, RecognizerSettings
+from devtools.processes import descendants
 
 LEVELS = (-20.0, -45.0)  # a normal and a quiet caller
 LENGTHS = (4, 10)
@@ -89,25 +89,9 @@ def memory_mb(pid: int | str = "self") -> dict[str, float]:
         key, _, value = entry.partition(":")
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024
-    fields["workers_rss"] = sum(memory_mb(child)["VmRSS"] for child in _descendants(pid))
+    root = None if pid == "self" else int(pid)
+    fields["workers_rss"] = sum(memory_mb(child)["VmRSS"] for child in descendants(root))
     return fields
-
-
-def _descendants(pid: int | str) -> list[int]:
-    """Processes started by ``pid`` (the worker processes and their fork server), any depth."""
-    parent_of: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # it exited
-        parent_of[int(stat.parent.name)] = int(fields[1])
-    root = os.getpid() if pid == "self" else int(pid)
-    found, frontier = [], [root]
-    while frontier:
-        frontier = [child for child, parent in parent_of.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 def memory_text(fields: dict[str, float]) -> str:

@@ -7,7 +7,6 @@ Speech comes from espeak-ng through a telephone channel made with sox (8 kHz mu-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import re
@@ -36,6 +35,7 @@ from ari_app.speech.recognizer import (
     speech_segments,
 )
 from ari_app.speech.words import confirmation_answer
+from devtools.processes import descendants, parents
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -261,29 +261,16 @@ def test_bad_model_path_is_a_clear_error(tmp_path: Path, processes: bool) -> Non
         )
 
 
-def _descendants() -> set[int]:
-    """This process's children, theirs, and so on (the worker processes are the children of
-    multiprocessing's fork server)."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            parent_of[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
-    found: set[int] = set()
-    frontier = {os.getpid()}
-    while frontier:
-        frontier = {child for child, parent in parent_of.items() if parent in frontier}
-        found |= frontier
-    return found
-
-
 async def test_a_worker_process_that_dies_is_replaced(
     pin: Audio, caplog: pytest.LogCaptureFixture
 ) -> None:
-    before = _descendants()
+    before = descendants()
     recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, processes=True))
     try:
         assert (await recognizer.recognize(pin, max_digits=4)).digits == "4719"
-        workers = [pid for pid in _descendants() - before if _is_worker(pid)]
+        # The workers are the fork server's children; the fork server is this process's.
+        parent_of = parents()
+        workers = [pid for pid in descendants() - before if parent_of.get(pid) != os.getpid()]
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
         outcomes = await asyncio.gather(
@@ -299,25 +286,16 @@ async def test_a_worker_process_that_dies_is_replaced(
         await recognizer.close()
 
 
-def _is_worker(pid: int) -> bool:
-    """A worker process: a child of the fork server, which is this process's child."""
-    with contextlib.suppress(OSError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]) != (
-            os.getpid()
-        )
-    return False
-
-
 async def test_worker_processes_decode_and_stop_on_close(pin: Audio) -> None:
-    before = _descendants()
+    before = descendants()
     recognizer = DigitRecognizer.load(RecognizerSettings(workers=2, processes=True))
-    started = _descendants() - before
+    started = descendants() - before
     assert len(started) >= 2  # two workers (and the fork server, the first time)
     results = await asyncio.gather(*(recognizer.recognize(pin, max_digits=4) for _ in range(3)))
     assert [r.digits for r in results] == ["4719"] * 3
     assert recognizer.stats.decoded == 3 and recognizer.stats.failed == 0
     await recognizer.close()
-    assert len(started & _descendants()) == len(started) - 2  # the workers are gone
+    assert len(started & descendants()) == len(started) - 2  # the workers are gone
     with pytest.raises(RuntimeError, match="closed"):
         await recognizer.recognize(pin)
 
