@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Final
 
 from ari_app.agi import running_agi_server
 from ari_app.ari.app import AriApplication, AriApplications, SpeechResources
@@ -27,16 +29,22 @@ from ari_app.tts import media_base_url, text_prompts
 
 log = logging.getLogger(__name__)
 
+# Collections of the middle generation between two full ones (Python's default: 10).
+FULL_COLLECTION_AFTER: Final = 100
+
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: Settings, *, connect_timeout: float | None = None
+    settings: Settings,
+    *,
+    connect_timeout: float | None = None,
+    on_ari_connected: Callable[[], None] | None = None,
 ) -> AsyncIterator[AriApplications]:
     """Migrate, replay the journal, recover stale rows, run the ARI application (a connection
     to each Asterisk in ``settings.ari_urls``); stop cleanly on exit.
 
     With ``connect_timeout`` the context waits until every Asterisk is connected (tests, the
-    demo).
+    demo). ``on_ari_connected`` runs after each (re)connection to an Asterisk.
     """
     await upgrade_to_head_async(settings.database_url)
     metrics = Metrics(ari_endpoints=len(settings.ari_urls))
@@ -79,6 +87,7 @@ async def running_service(
                     metrics=metrics,
                     prompts=prompts,
                     endpoint=endpoint,
+                    on_connected=on_ari_connected,
                 )
                 for endpoint, url in enumerate(settings.ari_urls, start=1)
             ]
@@ -174,7 +183,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with running_service(settings):
+    async with running_service(settings, on_ari_connected=tune_garbage_collection):
         log.info(
             "ari-digits is running as serve %r; database %s",
             settings.serve_name,
@@ -182,6 +191,27 @@ async def serve(settings: Settings) -> None:
         )
         await stop.wait()
         log.info("stopping")
+
+
+def tune_garbage_collection() -> None:
+    """Freeze what start-up keeps, and make full collections rarer.
+
+    ``serve`` calls it once each connection to an Asterisk is up. Start-up has then made what
+    it keeps for good (modules, SQLAlchemy's caches, the connection's swagger model), about
+    100,000 objects, and every full collection would scan them again: on bench/ari_load.py at
+    2,000 channels, each paused the event loop for 60-110 ms, five times a run. Frozen (moved
+    to the permanent generation) they are skipped, and a full collection comes after every
+    100th collection of the middle generation instead of every 10th: none in a run, the p99
+    from event to request 5-6 ms instead of 7.5 (the calls' own objects still take 25-80 ms
+    when one comes). Unfreezing first collects garbage an earlier freeze kept (a dropped
+    connection's swagger model): a frozen object that becomes garbage in a cycle waits at most
+    until the next (re)connection.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
 
 
 def _safe_url(url: str) -> str:

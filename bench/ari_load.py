@@ -13,7 +13,10 @@ StasisEnd, ChannelDestroyed for a caller who hangs up (StasisEnd alone after a c
 core (``taskset -c 0``), with ``SPEECH=off``, a fresh SQLite database and journal in a temp dir,
 started anew for each N, and given 20 unmeasured callers first (``--warmup``: first calls pay
 one-off costs). This process pins itself to another core. For each N, all N channels enter
-Stasis at once (``num_digits=10,ask_for_confirmation=yes,label=load``); each caller keys
+Stasis at once (``num_digits=10,ask_for_confirmation=yes,label=load``), or with ``--arrival-s``
+at random times over that many seconds (a Poisson process: how calls arrive at a real site;
+with ``--media-ms`` near the length of Asterisk's own sounds, entries outlast the arrivals and
+all N still collect at once, ``peak in Stasis`` says how many did); each caller keys
 10 digits 150-400 ms apart (seeded), a quarter of them keying the first over the prompt
 (barge-in), and answers the read-back with 1 once it has finished playing; 5 % hang up
 mid-entry. Printed per N:
@@ -47,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -257,6 +261,8 @@ class FakeAri:
         self.frames_filtered = 0  # not sent: outside the app's event filter, as Asterisk does
         self.allowed_events: set[str] | None = None  # None: no filter set, every type goes
         self.requests = 0  # REST requests, the swagger loads at connect excluded
+        self.in_stasis = 0  # callers between their StasisStart and their script's end
+        self.peak_in_stasis = 0
         self.unexpected: list[str] = []
         self.lag: list[float] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -299,6 +305,7 @@ class FakeAri:
         self.frames_sent = 0
         self.frames_filtered = 0
         self.requests = 0
+        self.peak_in_stasis = 0
         self.unexpected.clear()
         self.lag.clear()
 
@@ -492,12 +499,19 @@ class FakeAri:
 
     # -- one caller --
 
-    async def caller(self, channel: FakeChannel) -> None:
-        """Run one channel's script; on a step that never comes, stop there (``step`` says)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CALLER_PATIENCE_S):
-                await self._script(channel)
-                channel.step = "done"
+    async def caller(self, channel: FakeChannel, arrives_after: float = 0.0) -> None:
+        """Run one channel's script, its StasisStart ``arrives_after`` seconds from now; on a
+        step that never comes, stop there (``step`` says)."""
+        await asyncio.sleep(arrives_after)
+        self.in_stasis += 1
+        self.peak_in_stasis = max(self.peak_in_stasis, self.in_stasis)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CALLER_PATIENCE_S):
+                    await self._script(channel)
+                    channel.step = "done"
+        finally:
+            self.in_stasis -= 1
 
     async def _key(self, channel: FakeChannel, index: int, key: str) -> float:
         fields = {"digit": key, "duration_ms": channel.script.durations[index]}
@@ -785,9 +799,18 @@ async def measure(
     cores = [core for core in (args.serve_cpu, bench_cpu) if core is not None]
     busy_before = {core: cpu_busy_s(core) for core in cores}
     lag_watch = asyncio.create_task(fake.watch_lag())
+    # Arrivals: all at once, or a Poisson process over --arrival-s (uniform times, sorted).
+    arrivals = sorted(rng.uniform(0, args.arrival_s) for _ in channels)
+    # The fake's own full collections paused it for up to 100 ms at 2,000 channels, stamping
+    # requests late: it collects nothing while it measures (its heap grows by a few MB).
+    gc.collect()
+    gc.disable()
     started = time.perf_counter()
-    await asyncio.gather(*(fake.caller(channel) for channel in channels))
+    await asyncio.gather(
+        *(fake.caller(c, after) for c, after in zip(channels, arrivals, strict=True))
+    )
     callers_done = time.perf_counter()
+    gc.enable()
     await wait_for_rows(serve.database, args.warmup + n)
     stored = time.perf_counter()
     serve_cpu = process_cpu_s(serve.pid) - serve_cpu_before
@@ -846,6 +869,7 @@ async def measure(
         "wall_s": round(wall, 3),
         "callers_s": round(callers_done - started, 3),
         "entries_per_s": round(n / wall, 1),
+        "peak_in_stasis": fake.peak_in_stasis,
         "serve_cpu_s": round(serve_cpu, 3),
         "cpu_ms_per_entry": round(serve_cpu / n * 1000, 3),
         "serve_core_busy": round(serve_cpu / wall, 3),
@@ -893,14 +917,15 @@ async def measure(
 
 def print_tables(results: list[dict[str, Any]]) -> None:
     print(
-        "\n| N | wall s | entries/s | CPU ms/entry | serve core busy | RSS MB before → after "
+        "\n| N | peak in Stasis | wall s | entries/s | CPU ms/entry | serve core busy | RSS MB before → after "
         "| HWM MB | REST/entry | events lost | rows correct | hand-backs ok | fake lag p99 "
         "| other load on serve's / bench's core |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['channels']} | {r['wall_s']:.1f} | {r['entries_per_s']:.0f} "
+            f"| {r['channels']} | {r['peak_in_stasis']} | {r['wall_s']:.1f} "
+            f"| {r['entries_per_s']:.0f} "
             f"| {r['cpu_ms_per_entry']:.2f} | {r['serve_core_busy']:.0%} "
             f"| {r['rss_mb_before']:.0f} → {r['rss_mb_after']:.0f} | {r['hwm_mb']:.0f} "
             f"| {r['rest_requests_per_entry']:.2f} | {r['events_lost']} "
@@ -1008,6 +1033,7 @@ async def main(args: argparse.Namespace) -> None:
         "bench_cpu": args.bench_cpu,
         "seed": args.seed,
         "media_ms": args.media_ms,
+        "arrival_s": args.arrival_s,
         "hangup_share": args.hangup_share,
         "barge_share": args.barge_share,
         "entry_args": ENTRY_ARGS,
@@ -1029,6 +1055,12 @@ if __name__ == "__main__":
     parser.add_argument("--hangup-share", type=float, default=0.05, help="callers who hang up")
     parser.add_argument("--barge-share", type=float, default=0.25, help="first key over the prompt")
     parser.add_argument("--media-ms", type=float, default=100, help="each media item's length")
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=0.0,
+        help="StasisStarts spread at random over this many seconds (0: all at once)",
+    )
     parser.add_argument("--serve-cpu", type=int, default=0, help="the core serve is pinned to")
     parser.add_argument("--bench-cpu", type=int, default=1, help="this process's core (-1: any)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds after serve connects")

@@ -331,15 +331,18 @@ async def test_ari_connection_state_and_reconnects() -> None:
     metrics = Metrics()
     first, second = DroppableAri(), DroppableAri()
     clients = iter([first, second])
+    connections_up: list[bool] = []  # what on_connected saw: serve tunes its collector there
     app = AriApplication(
         Settings(speech=False),
         MemoryStore(),
         client_factory=lambda settings: next(clients),  # type: ignore[arg-type, return-value]
         metrics=metrics,
+        on_connected=lambda: connections_up.append(app.connected.is_set()),
     )
     runner = asyncio.create_task(app.run())
     try:
         await wait_until(app.connected.is_set)
+        assert connections_up == [True]
         assert sample(metrics, "ari_digits_ari_connected", endpoint="1") == 1
         first.drop.set()
         await wait_until(lambda: not app.connected.is_set())
@@ -348,6 +351,7 @@ async def test_ari_connection_state_and_reconnects() -> None:
         await wait_until(app.connected.is_set)
         assert sample(metrics, "ari_digits_ari_connected", endpoint="1") == 1
         assert sample(metrics, "ari_digits_ari_reconnects_total", endpoint="1") == 1
+        assert connections_up == [True, True]
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

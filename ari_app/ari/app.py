@@ -240,7 +240,9 @@ class AriApplication:
     """Keeps one ARI connection alive (to the Asterisk at ``settings.ari_url``) and runs each
     caller's entry through the session runner.
 
-    ``endpoint``: that Asterisk's position in ARI_URL, for the metrics.
+    ``endpoint``: that Asterisk's position in ARI_URL, for the metrics. ``on_connected`` runs
+    after each connection and reconnection is up (``serve`` freezes its long-lived objects then:
+    :func:`ari_app.server.tune_garbage_collection`).
     """
 
     def __init__(
@@ -253,8 +255,10 @@ class AriApplication:
         metrics: Metrics | None = None,
         prompts: TextPrompts | None = None,
         endpoint: int = 1,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._on_connected = on_connected
         self._speech = speech
         self.prompts = prompts or text_prompts(settings)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -301,6 +305,8 @@ class AriApplication:
                     await self._reconcile_sessions()
                 else:
                     log.info("connected to ARI at %s as app %r", client.base_url, client.app)
+                if self._on_connected is not None:
+                    self._on_connected()
                 delay = FIRST_RECONNECT_DELAY
                 await self._listen_until_replaced(listening)
             except AriUnavailable as exc:
