@@ -10,9 +10,9 @@ PlaybackContinuing between the items of a media list, PlaybackFinished, and Chan
 StasisEnd, ChannelDestroyed for a caller who hangs up (StasisEnd alone after a continue).
 
 ``serve`` runs as a subprocess of this checkout (``python -m ari_app.cli serve``) pinned to one
-core (``taskset -c 0``), with ``SPEECH=off``, a fresh SQLite database and journal in a temp dir,
-started anew for each N, and given 20 unmeasured callers first (``--warmup``: first calls pay
-one-off costs). This process pins itself to another core. For each N, all N channels enter
+core (``taskset -c 0``), with ``SPEECH=off``, a fresh SQLite database and journal in a temp dir
+(the database elsewhere with ``--database-dir``), started anew for each N, and given 20
+unmeasured callers first (``--warmup``: first calls pay one-off costs). This process pins itself to another core. For each N, all N channels enter
 Stasis at once (``num_digits=10,ask_for_confirmation=yes,label=load``), or with ``--arrival-s``
 at random times over that many seconds (a Poisson process: how calls arrive at a real site;
 with ``--media-ms`` near the length of Asterisk's own sounds, entries outlast the arrivals and
@@ -632,9 +632,17 @@ class Serve:
 
 
 def start_serve(
-    fake_url: str, work: Path, cpu: int, log_level: str, *, ari_password: str = "bench"
+    fake_url: str,
+    work: Path,
+    cpu: int,
+    log_level: str,
+    *,
+    ari_password: str = "bench",
+    database_dir: Path | None = None,
 ) -> Serve:
-    database = work / "entries.sqlite3"
+    """``serve`` with its journal in ``work``, and its SQLite database there too unless
+    ``database_dir`` says where."""
+    database = (database_dir or work) / "entries.sqlite3"
     api_port = free_port()
     ours = {
         "ARI_URL": fake_url,
@@ -746,8 +754,17 @@ async def run_channels(fake: FakeAri, n: int, args: argparse.Namespace) -> dict[
     rng = random.Random(f"{args.seed}:{n}")
     fake.reset()
     fake.connected.clear()
-    with tempfile.TemporaryDirectory(prefix="ari-load-") as scratch:
-        serve = start_serve(fake.url, Path(scratch), args.serve_cpu, args.log_level)
+    with (
+        tempfile.TemporaryDirectory(prefix="ari-load-") as scratch,
+        tempfile.TemporaryDirectory(prefix="ari-load-db-", dir=args.database_dir) as database,
+    ):
+        serve = start_serve(
+            fake.url,
+            Path(scratch),
+            args.serve_cpu,
+            args.log_level,
+            database_dir=Path(database),
+        )
         try:
             try:
                 async with asyncio.timeout(60):
@@ -1034,6 +1051,8 @@ async def main(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "media_ms": args.media_ms,
         "arrival_s": args.arrival_s,
+        "database_dir": str(args.database_dir) if args.database_dir else None,
+        "temp_dir": tempfile.gettempdir(),
         "hangup_share": args.hangup_share,
         "barge_share": args.barge_share,
         "entry_args": ENTRY_ARGS,
@@ -1060,6 +1079,12 @@ if __name__ == "__main__":
         type=float,
         default=0.0,
         help="StasisStarts spread at random over this many seconds (0: all at once)",
+    )
+    parser.add_argument(
+        "--database-dir",
+        type=Path,
+        help="where the SQLite database goes (default: beside the journal, in the temp dir); "
+        "/dev/shm stands for a database on another machine, leaving the disk to the journal",
     )
     parser.add_argument("--serve-cpu", type=int, default=0, help="the core serve is pinned to")
     parser.add_argument("--bench-cpu", type=int, default=1, help="this process's core (-1: any)")

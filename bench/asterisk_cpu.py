@@ -41,10 +41,10 @@ ARGUMENTS = "num_digits=4,prompt=sound:beep"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime (fields 14 and 15)
 
 
 async def wait_connected(callers: SimulatedCallers, within: float = 30.0) -> None:
@@ -97,7 +97,10 @@ async def run(args: argparse.Namespace) -> None:
             )
             total = args.warmup + args.calls
             await rows_finished(serve.database, total)
-            used = cpu_seconds(serve.pid) - before
+            user, system = (
+                after - then for after, then in zip(cpu_seconds(serve.pid), before, strict=True)
+            )
+            used = user + system
             wall = time.monotonic() - began
             rows = stored_rows(serve.database)
             warnings, errors, samples = log_problems(serve.log)
@@ -116,7 +119,10 @@ async def run(args: argparse.Namespace) -> None:
         f"{args.calls} keypad entries (4 digits) at {args.rate:g} calls a second, in {wall:.1f} s"
     )
     print(f"handed back right: {right_back}/{args.calls}; rows right: {right_rows}/{args.calls}")
-    print(f"serve CPU: {used:.2f} s = {1000 * used / args.calls:.2f} ms an entry")
+    print(
+        f"serve CPU: {used:.2f} s = {1000 * used / args.calls:.2f} ms an entry "
+        f"(user {1000 * user / args.calls:.2f}, system {1000 * system / args.calls:.2f})"
+    )
     print(f"serve log: {warnings} warnings, {errors} errors {samples if samples else ''}")
     if right_back != args.calls or right_rows != args.calls:
         raise SystemExit("some entries were not right")
