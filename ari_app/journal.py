@@ -10,12 +10,15 @@ capped exponential backoff while the database fails, and deletes each record onl
 database holds it. What is left when the process stops is replayed on the next start.
 
 - **Group commit.** One writer thread owns the SQLite connection: it takes every job queued
-  since its last commit and runs them in one transaction (a savepoint each), so fifty calls
-  finishing together cost one fsync, not fifty. The event loop never touches SQLite.
+  since its last commit and runs them in one transaction (again with a savepoint each when one
+  fails, so that the failure is that job's alone), so fifty calls finishing together cost one
+  fsync, not fifty. The event loop never touches SQLite.
 - **Durability.** WAL with ``synchronous=FULL``: each commit fsyncs the WAL before the caller
   is told it is stored, so a record survives a power cut as well as a crash. (``NORMAL`` in
   WAL mode survives a crash but may lose the last commits on power loss, which here would be
-  answers a caller heard accepted; group commit keeps the extra fsync cheap.)
+  answers a caller heard accepted; group commit keeps the extra fsync cheap.) A record is
+  deleted once the database's commit returns, so an SQLite database commits with ``FULL``
+  too, and PostgreSQL's default ``synchronous_commit=on`` is what it relies on there.
 - **Idempotence.** Records carry the entry's key (a UUIDv7 made by the session); the store's
   ``start_entries`` finds an existing row by key, and an outcome already stored is skipped, so a
   replay after a crash between the database's commit and the journal's delete stores nothing

@@ -531,6 +531,8 @@ async def test_sqlite_connection_pragmas_and_plain_url(tmp_path: Path) -> None:
         assert s.engine.dialect.driver == "aiosqlite"
         async with s.engine.connect() as conn:
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
+            # FULL (2): the journal forgets a record once this commit returns.
+            assert (await conn.execute(text("PRAGMA synchronous"))).scalar_one() == 2
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
             assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one() >= 1000
 
