@@ -9,7 +9,8 @@ caller's audio to the recogniser.
 
 * :func:`nondigit_corpus` - audio holding no digit at all (talk, noises, tones, music, babble,
   line noise); a correct recogniser returns ``""`` for every clip.
-* :func:`mixed_corpus` - filler and digits in one turn ("um, it's four one five five").
+* :func:`mixed_corpus` - filler and digits in one turn ("um, it's four one five five");
+  :func:`human_mixed_corpus` the same with the digits said by human speakers.
 * :func:`human_sources` + :func:`level_sweep` - raw human recordings (FSDD layout) and one line
   copy of each per level, to see where recognition falls off as the caller gets quieter.
 
@@ -964,14 +965,8 @@ def level_sweep(
     return clips
 
 
-def human_sources(
-    directory: Path, *, singles_limit: int | None, strings: int, seed: int
-) -> list[Source]:
-    """Raw human recordings from an FSDD-layout folder (``{digit}_{speaker}_{index}.wav``):
-    single digits (all, or ``singles_limit`` spread evenly over every speaker x digit and over
-    each one's takes), then ``strings`` strings of 4-10 random digits, each from one speaker's
-    takes joined by 100-400 ms of digital silence (speakers in turn; only speakers with all ten
-    digits). Audio stays as recorded (rate and level) for :func:`level_sweep`."""
+def _fsdd_buckets(directory: Path) -> dict[tuple[str, str], list[Path]]:
+    """An FSDD-layout folder's takes by (speaker, digit), in natural order."""
     buckets: dict[tuple[str, str], list[Path]] = {}
     for path in sorted(directory.glob("*.wav"), key=_fsdd_key):
         digit, _, rest = path.stem.partition("_")
@@ -980,6 +975,49 @@ def human_sources(
             buckets.setdefault((speaker, digit), []).append(path)
     if not buckets:
         raise ValueError(f"{directory}: no {{digit}}_{{speaker}}_{{index}}.wav files")
+    return buckets
+
+
+def _complete_speakers(buckets: dict[tuple[str, str], list[Path]]) -> list[str]:
+    """Speakers with takes of all ten digits."""
+    return sorted({s for s, _ in buckets if all((s, d) in buckets for d in "0123456789")})
+
+
+@functools.cache
+def _load_take(path: Path) -> tuple[Audio, int]:
+    return read_wav(path)
+
+
+def _speaker_string(
+    buckets: dict[tuple[str, str], list[Path]],
+    speaker: str,
+    digits: str,
+    rng: np.random.Generator,
+) -> tuple[Audio, int]:
+    """``digits`` in ``speaker``'s random takes, joined by 100-400 ms of digital silence."""
+    parts: list[Audio] = []
+    rate = 0
+    for j, digit in enumerate(digits):
+        paths = buckets[(speaker, digit)]
+        audio, take_rate = _load_take(paths[int(rng.integers(len(paths)))])
+        if rate and take_rate != rate:
+            raise ValueError(f"{paths[0].parent}: {speaker}'s files have mixed rates")
+        rate = take_rate
+        if j:
+            parts.append(np.zeros(round(rate * rng.uniform(0.1, 0.4)), np.float32))
+        parts.append(audio)
+    return np.concatenate(parts), rate
+
+
+def human_sources(
+    directory: Path, *, singles_limit: int | None, strings: int, seed: int
+) -> list[Source]:
+    """Raw human recordings from an FSDD-layout folder (``{digit}_{speaker}_{index}.wav``):
+    single digits (all, or ``singles_limit`` spread evenly over every speaker x digit and over
+    each one's takes), then ``strings`` strings of 4-10 random digits, each from one speaker's
+    takes joined by 100-400 ms of digital silence (speakers in turn; only speakers with all ten
+    digits). Audio stays as recorded (rate and level) for :func:`level_sweep`."""
+    buckets = _fsdd_buckets(directory)
     keys = sorted(buckets)
     total = sum(len(paths) for paths in buckets.values())
     limit = total if singles_limit is None else min(singles_limit, total)
@@ -987,36 +1025,70 @@ def human_sources(
     rounds = sorted((r, key) for key in keys for r in range(len(buckets[key])))
     quota = Counter(key for _, key in rounds[:limit])
 
-    @functools.cache
-    def load(path: Path) -> tuple[Audio, int]:
-        return read_wav(path)
-
     sources = []
     for key in keys:
         paths = buckets[key]
         picks = np.linspace(0, len(paths) - 1, quota[key]).round().astype(int)
         for j in picks:
-            audio, rate = load(paths[j])
+            audio, rate = _load_take(paths[j])
             sources.append(Source(paths[j].stem, key[1], audio, rate, "single"))
 
     rng = np.random.default_rng(seed)
-    speakers = sorted({s for s, _ in keys if all((s, d) in buckets for d in "0123456789")})
+    speakers = _complete_speakers(buckets)
     for i in range(strings if speakers else 0):
         speaker = speakers[i % len(speakers)]
         digits = _random_digits(rng)
-        parts: list[Audio] = []
-        rate = 0
-        for j, digit in enumerate(digits):
-            paths = buckets[(speaker, digit)]
-            audio, take_rate = load(paths[int(rng.integers(len(paths)))])
-            if rate and take_rate != rate:
-                raise ValueError(f"{directory}: {speaker}'s files have mixed rates")
-            rate = take_rate
-            if j:
-                parts.append(np.zeros(round(rate * rng.uniform(0.1, 0.4)), np.float32))
-            parts.append(audio)
-        sources.append(Source(f"{speaker}:{digits}", digits, np.concatenate(parts), rate, "string"))
+        audio, rate = _speaker_string(buckets, speaker, digits, rng)
+        sources.append(Source(f"{speaker}:{digits}", digits, audio, rate, "string"))
     return sources
+
+
+def human_mixed_corpus(
+    work: Path, directory: Path, rng_seed: int = 14, *, count: int = 60
+) -> list[Clip]:
+    """Filler, then digits, as :func:`mixed_corpus`, but the digits said by the FSDD-layout
+    folder's speakers (their takes joined as in :func:`human_sources`) and the filler by
+    espeak-ng: "um, it's" in a random voice, 0.2-0.6 s of pause, then 4-10 human digits (one
+    in five the other way round: the digits, then "I think"). The two are set to the same level
+    (the filler within 4 dB) before the line, as one caller's turn would be. It tells a filler
+    that breaks recognition apart from digits tiny.en cannot hear: espeak-ng's own digits are
+    often heard as words ("five" as "time")."""
+    rng = np.random.default_rng(rng_seed)
+    buckets = _fsdd_buckets(directory)
+    speakers = _complete_speakers(buckets)
+    if not speakers:
+        raise ValueError(f"{directory}: no speaker has all ten digits")
+    voices = available_voices()
+    plan = []
+    for i in range(count):
+        after = i % 5 == 4
+        template = _pick(rng, FILLER_AFTER if after else FILLER_FIRST)
+        filler = template.replace("{d}", "").strip(" ,.")
+        digits = _random_digits(rng)
+        speaker = speakers[i % len(speakers)]
+        plan.append((i, after, digits, speaker, template, _random_say(filler, rng, voices)))
+    renders = _render(work, [say for *_, say in plan])
+    clips = []
+    for i, after, digits, speaker, template, say in plan:
+        said, said_rate = _speaker_string(buckets, speaker, digits, rng)
+        number = _unit(to_line_band(said, said_rate))
+        filler = _unit(to_line_band(*renders[say])) * 10 ** (rng.uniform(-4, 4) / 20)
+        pause = np.zeros(round(LINE_RATE * rng.uniform(0.2, 0.6)))
+        turn = np.concatenate([number, pause, filler] if after else [filler, pause, number])
+        level, noise = _level_noise(i)
+        clips.append(
+            Clip(
+                f"mixed-human/{i:03d} {say.voice}+{speaker} {_line_label(level, noise)}",
+                digits,
+                telephone_line(turn, LINE_RATE, level_dbfs=level, noise_dbfs=noise, rng=rng),
+                "mixed: filler after" if after else "mixed: filler first",
+                "mixed",
+                template.format(d=" ".join(digits)),
+                level,
+                noise,
+            )
+        )
+    return clips
 
 
 def _fsdd_key(path: Path) -> tuple[str, ...]:

@@ -26,7 +26,8 @@ b. SYNTHETIC VOICES: espeak-ng (corpora's voices, speeds and pitches) reading si
    through none / -65 / -50 dBFS; rows by level, then by line noise.
 c. REJECTION: corpora.nondigit_corpus (talk, noises, tones, music, babble, line noise: no
    digits), entry ``max_digits`` 10 without a count, as a caller who talks when asked for digits.
-d. MIXED TURNS: corpora.mixed_corpus, filler and digits in one turn.
+d. MIXED TURNS: corpora.mixed_corpus, filler and digits in one turn; d' the same with the
+   digits from ``--human-dir``'s speakers (corpora.human_mixed_corpus; not in e and f).
 e. AUTO CONFIRMATION: what ``ask_for_confirmation=auto`` would do with the entries of a, b and d
    at each ``--confidence-threshold``.
 f. LATENCY: decode time of one-utterance entries of 4 and of 10 digits (tables a and b).
@@ -70,6 +71,7 @@ from corpora import (
     _render,
     _Say,
     available_voices,
+    human_mixed_corpus,
     human_sources,
     level_sweep,
     mixed_corpus,
@@ -105,7 +107,8 @@ TUNING_SPEAKERS = ("george", "jackson", "lucas")  # FSDD's dev speakers: the thr
 SWEEP_LEVELS = (-10.0, -20.0, -30.0, -40.0, -50.0)
 SYNTH_LEVELS = LEVELS_DBFS  # -15, -25, -35, -45
 REASONS = ("not_digits", "unclear", "no_speech")
-TABLES = ("tuning", "synthetic", "rejection", "mixed")
+TABLES = ("tuning", "synthetic", "rejection", "mixed", "mixed-human")
+NEED_HUMAN_DIR = ("tuning", "mixed-human")
 REJECTION_MAX_DIGITS = 10
 STRING_LENGTHS = (4, 10, 7, 5, 9, 6, 8)  # synthetic strings: 4 and 10 first (table f needs both)
 DEFAULT_THRESHOLDS = (DEFAULT_CONFIDENCE_THRESHOLD,)
@@ -119,6 +122,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "synth_strings": (3, 1),
     "nondigit_per_category": (20, 1),
     "mixed_count": (100, 5),
+    "mixed_human_count": (60, 5),
 }
 
 
@@ -560,6 +564,32 @@ def mixed_table(
     return table, outcomes, add_misses(table, outcomes, args.misses)
 
 
+def mixed_human_table(
+    recognizer: DigitRecognizer, args: argparse.Namespace, entry: Entry, work: Path
+) -> tuple[Table, list[Outcome], list[str]]:
+    clips = human_mixed_corpus(
+        work, args.human_dir, args.mixed_human_seed, count=args.mixed_human_count
+    )
+    outcomes = run_counted(recognizer, clips, entry, Progress("mixed-human", len(clips)))
+    table = Table(
+        "mixed-human",
+        f"d'. MIXED TURNS, HUMAN DIGITS (corpora.human_mixed_corpus: {len(clips)} clips, espeak-ng "
+        f"filler and 4-10 digits said by {args.human_dir}'s speakers, lines as in c)\n"
+        f"   {path_words(entry)}",
+        MIXED_COLUMNS,
+    )
+    grouped(
+        table,
+        outcomes,
+        [
+            (label, [o for o in outcomes if o.condition.endswith(label)])
+            for label in ("filler first", "filler after")
+        ],
+        total="total",
+    )
+    return table, outcomes, add_misses(table, outcomes, args.misses)
+
+
 def auto_table(outcomes: Sequence[Outcome], thresholds: Sequence[float], names: str) -> Table:
     """ask_for_confirmation=auto reads back only entries holding a spoken digit whose confidence
     is below the threshold (here: every kept digit is spoken)."""
@@ -675,6 +705,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # the defaults are fresh draws (voices, levels, noise; the sentence list is the same).
     parser.add_argument("--nondigit-seed", type=int, default=31, help="non-digit corpus seed")
     parser.add_argument("--mixed-seed", type=int, default=32, help="mixed corpus seed")
+    parser.add_argument(
+        "--mixed-human-seed", type=int, default=14, help="mixed corpus with human digits: seed"
+    )
     sizes = parser.add_argument_group("corpus sizes (defaults; --quick uses the second number)")
     for key, (full, quick) in SIZES.items():
         sizes.add_argument(
@@ -693,9 +726,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, (full, quick) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
-    if "tuning" in args.only and args.human_dir is None:
-        print("note: table a (tuning set) needs --human-dir; left out\n")
-        args.only = tuple(t for t in args.only if t != "tuning")
+    if args.human_dir is None and set(NEED_HUMAN_DIR) & set(args.only):
+        print("note: tables a (tuning set) and d' (mixed, human digits) need --human-dir\n")
+        args.only = tuple(t for t in args.only if t not in NEED_HUMAN_DIR)
     return args
 
 
@@ -737,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "synthetic": lambda work: synthetic_table(recognizer, args, entry, work),
         "rejection": lambda work: rejection_table(recognizer, args, entry, work),
         "mixed": lambda work: mixed_table(recognizer, args, entry, work),
+        "mixed-human": lambda work: mixed_human_table(recognizer, args, entry, work),
     }
     with tempfile.TemporaryDirectory(prefix="speech-accuracy-") as tmp:
         for name in (t for t in TABLES if t in args.only):
