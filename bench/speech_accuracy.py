@@ -134,9 +134,9 @@ def require_tools() -> None:
 # --- the call path ---------------------------------------------------------------------------
 
 
-def utterances(audio: Audio) -> list[Audio]:
+def utterances(audio: Audio, end_silence_ms: int) -> list[Audio]:
     """The clip as the call's voice activity segmenter cuts it (20 ms frames of int16)."""
-    segmenter = UtteranceSegmenter(sample_rate=SAMPLE_RATE)
+    segmenter = UtteranceSegmenter(sample_rate=SAMPLE_RATE, end_silence_ms=end_silence_ms)
     pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
     step = segmenter.frame_bytes
     events = [
@@ -152,6 +152,7 @@ class Entry:
 
     through_vad: bool = True
     count_hint: bool = True
+    end_silence_ms: int = UtteranceSegmenter.DEFAULT_END_SILENCE_MS
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def run_clip(
 ) -> Outcome:
     """One entry fed one clip. ``num_digits``: the entry's exact count (None: ``max_digits``
     only, no count hint); the entry stops taking digits at its count or its maximum."""
-    pieces = utterances(clip.audio) if entry.through_vad else [clip.audio]
+    pieces = utterances(clip.audio, entry.end_silence_ms) if entry.through_vad else [clip.audio]
     limit = num_digits if num_digits is not None else max_digits
     digits = ""
     confidences: list[float | None] = []
@@ -722,6 +723,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     levers.add_argument("--no-fallback", action="store_true", help="whole-utterance decode only")
     levers.add_argument("--no-count-hint", action="store_true", help="no expected_digits")
     levers.add_argument("--direct", action="store_true", help="no voice activity segmenter")
+    levers.add_argument(
+        "--end-silence-ms",
+        type=int,
+        default=UtteranceSegmenter.DEFAULT_END_SILENCE_MS,
+        help="silence that ends an utterance (the segmenter's, as served)",
+    )
     args = parser.parse_args(argv)
     for key, (full, quick) in SIZES.items():
         if getattr(args, key) is None:
@@ -734,7 +741,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    entry = Entry(through_vad=not args.direct, count_hint=not args.no_count_hint)
+    entry = Entry(
+        through_vad=not args.direct,
+        count_hint=not args.no_count_hint,
+        end_silence_ms=args.end_silence_ms,
+    )
     settings = RecognizerSettings(
         model=args.model,
         threads=args.threads,

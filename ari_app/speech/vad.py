@@ -74,6 +74,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -155,13 +156,15 @@ class UtteranceSegmenter:
     ``dropped_short``, ``cut_long``.
     """
 
+    DEFAULT_END_SILENCE_MS: Final = 500
+
     def __init__(
         self,
         *,
         sample_rate: int = 16000,
         aggressiveness: int = 2,
         start_ms: int = 120,
-        end_silence_ms: int = 500,
+        end_silence_ms: int = DEFAULT_END_SILENCE_MS,
         pad_ms: int = 300,
         max_utterance_ms: int = 15000,
         min_utterance_ms: int = 150,
