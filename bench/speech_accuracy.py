@@ -134,7 +134,9 @@ def require_tools() -> None:
 # --- the call path ---------------------------------------------------------------------------
 
 
-def utterances(audio: Audio, end_silence_ms: int) -> list[Audio]:
+def utterances(
+    audio: Audio, end_silence_ms: int = UtteranceSegmenter.DEFAULT_END_SILENCE_MS
+) -> list[Audio]:
     """The clip as the call's voice activity segmenter cuts it (20 ms frames of int16)."""
     segmenter = UtteranceSegmenter(sample_rate=SAMPLE_RATE, end_silence_ms=end_silence_ms)
     pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
