@@ -912,23 +912,43 @@ def mixed_corpus(work: Path, rng_seed: int = 12, *, count: int = 100) -> list[Cl
         text, digits = mixed_script(rng, filler_after=after)
         plan.append((i, after, digits, _random_say(text, rng, voices)))
     renders = _render(work, [say for *_, say in plan])
-    clips = []
-    for i, after, digits, say in plan:
-        level, noise = _level_noise(i)
-        audio, rate = renders[say]
-        clips.append(
-            Clip(
-                f"mixed/{i:03d} {say.voice}@{say.wpm}p{say.pitch} {_line_label(level, noise)}",
-                digits,
-                telephone_line(audio, rate, level_dbfs=level, noise_dbfs=noise, rng=rng),
-                "mixed: filler after" if after else "mixed: filler first",
-                "mixed",
-                say.text,
-                level,
-                noise,
-            )
+    return [
+        _mixed_clip(
+            f"mixed/{i:03d} {say.voice}@{say.wpm}p{say.pitch}",
+            i,
+            digits,
+            *renders[say],
+            after=after,
+            text=say.text,
+            rng=rng,
         )
-    return clips
+        for i, after, digits, say in plan
+    ]
+
+
+def _mixed_clip(
+    name: str,
+    i: int,
+    digits: str,
+    audio: npt.NDArray[np.floating],
+    rate: int,
+    *,
+    after: bool,
+    text: str,
+    rng: np.random.Generator,
+) -> Clip:
+    """The i-th mixed turn through its line (:func:`_level_noise`)."""
+    level, noise = _level_noise(i)
+    return Clip(
+        f"{name} {_line_label(level, noise)}",
+        digits,
+        telephone_line(audio, rate, level_dbfs=level, noise_dbfs=noise, rng=rng),
+        "mixed: filler after" if after else "mixed: filler first",
+        "mixed",
+        text,
+        level,
+        noise,
+    )
 
 
 def level_sweep(
@@ -1075,17 +1095,16 @@ def human_mixed_corpus(
         filler = _unit(to_line_band(*renders[say])) * 10 ** (rng.uniform(-4, 4) / 20)
         pause = np.zeros(round(LINE_RATE * rng.uniform(0.2, 0.6)))
         turn = np.concatenate([number, pause, filler] if after else [filler, pause, number])
-        level, noise = _level_noise(i)
         clips.append(
-            Clip(
-                f"mixed-human/{i:03d} {say.voice}+{speaker} {_line_label(level, noise)}",
+            _mixed_clip(
+                f"mixed-human/{i:03d} {say.voice}+{speaker}",
+                i,
                 digits,
-                telephone_line(turn, LINE_RATE, level_dbfs=level, noise_dbfs=noise, rng=rng),
-                "mixed: filler after" if after else "mixed: filler first",
-                "mixed",
-                template.format(d=" ".join(digits)),
-                level,
-                noise,
+                turn,
+                LINE_RATE,
+                after=after,
+                text=template.format(d=" ".join(digits)),
+                rng=rng,
             )
         )
     return clips

@@ -548,23 +548,11 @@ def mixed_table(
     recognizer: DigitRecognizer, args: argparse.Namespace, entry: Entry, work: Path
 ) -> tuple[Table, list[Outcome], list[str]]:
     clips = mixed_corpus(work, args.mixed_seed, count=args.mixed_count)
-    outcomes = run_counted(recognizer, clips, entry, Progress("mixed", len(clips)))
-    table = Table(
-        "mixed",
+    title = (
         f"d. MIXED TURNS (corpora.mixed_corpus: {len(clips)} clips, filler and 4-10 digits in "
-        f"one turn, espeak-ng voices, lines as in c)\n   {path_words(entry)}",
-        MIXED_COLUMNS,
+        "one turn, espeak-ng voices, lines as in c)"
     )
-    grouped(
-        table,
-        outcomes,
-        [
-            (label, [o for o in outcomes if o.condition.endswith(label)])
-            for label in ("filler first", "filler after")
-        ],
-        total="total",
-    )
-    return table, outcomes, add_misses(table, outcomes, args.misses)
+    return mixed_turns_table(recognizer, args, entry, "mixed", title, clips)
 
 
 def mixed_human_table(
@@ -573,14 +561,24 @@ def mixed_human_table(
     clips = human_mixed_corpus(
         work, args.human_dir, args.mixed_human_seed, count=args.mixed_human_count
     )
-    outcomes = run_counted(recognizer, clips, entry, Progress("mixed-human", len(clips)))
-    table = Table(
-        "mixed-human",
-        f"d'. MIXED TURNS, HUMAN DIGITS (corpora.human_mixed_corpus: {len(clips)} clips, espeak-ng "
-        f"filler and 4-10 digits said by {args.human_dir}'s speakers, lines as in c)\n"
-        f"   {path_words(entry)}",
-        MIXED_COLUMNS,
+    title = (
+        f"d'. MIXED TURNS, HUMAN DIGITS (corpora.human_mixed_corpus: {len(clips)} clips, "
+        f"espeak-ng filler and 4-10 digits said by {args.human_dir}'s speakers, lines as in c)"
     )
+    return mixed_turns_table(recognizer, args, entry, "mixed-human", title, clips)
+
+
+def mixed_turns_table(
+    recognizer: DigitRecognizer,
+    args: argparse.Namespace,
+    entry: Entry,
+    name: str,
+    title: str,
+    clips: Sequence[Clip],
+) -> tuple[Table, list[Outcome], list[str]]:
+    """Filler-and-digits turns as entries, rows by where the filler is."""
+    outcomes = run_counted(recognizer, clips, entry, Progress(name, len(clips)))
+    table = Table(name, f"{title}\n   {path_words(entry)}", MIXED_COLUMNS)
     grouped(
         table,
         outcomes,
