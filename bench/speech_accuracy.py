@@ -716,6 +716,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     levers = parser.add_argument_group("recogniser and entry levers")
     levers.add_argument("--beam", type=int, default=RecognizerSettings.beam_size)
+    levers.add_argument(
+        "--free-beam",
+        type=int,
+        default=RecognizerSettings.free_beam_size,
+        help="the free transcript's beam (1 = greedy)",
+    )
     levers.add_argument("--window", type=float, default=RecognizerSettings.window_s)
     levers.add_argument("--padding-ms", type=int, default=RecognizerSettings.padding_ms)
     levers.add_argument("--compute-type", default=RecognizerSettings.compute_type)
@@ -751,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads=args.threads,
         workers=2,  # as served: the free transcript decodes beside the restricted one
         beam_size=args.beam,
+        free_beam_size=args.free_beam,
         window_s=args.window,
         padding_ms=args.padding_ms,
         compute_type=args.compute_type,

@@ -302,6 +302,7 @@ async def run(args: argparse.Namespace) -> None:
         workers=args.workers,
         max_queue=args.max_queue,
         processes=args.processes,
+        free_beam_size=args.free_beam,
     )
     print(f"SPEECH LATENCY - model {args.model!r}{' (QUICK smoke run)' if args.quick else ''}")
     print(machine_line(host))
@@ -416,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=RecognizerSettings.threads)
     parser.add_argument("--max-queue", type=int, default=RecognizerSettings.max_queue)
     parser.add_argument("--processes", action="store_true", help="decode in worker processes")
+    parser.add_argument(
+        "--free-beam",
+        type=int,
+        default=RecognizerSettings.free_beam_size,
+        help="the free transcript's beam (1 = greedy)",
+    )
     parser.add_argument("--start-k", type=int, default=1)
     parser.add_argument("--gap-s", type=float, default=1.0)
     parser.add_argument("--keep-up-s", type=float, default=2.0)

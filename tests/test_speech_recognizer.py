@@ -30,6 +30,7 @@ from ari_app.speech.recognizer import (
     DigitRecognizer,
     Recognition,
     RecognizerSettings,
+    _Decoder,
     combine,
     fit_count,
     speech_segments,
@@ -253,6 +254,30 @@ async def test_closed_recognizer_refuses_work(pin: Audio) -> None:
         await recognizer.recognize(pin)
 
 
+@pytest.mark.parametrize("free_beam_size", [1, 5])
+def test_the_free_transcripts_token_probabilities_match_an_alignment(
+    pin: Audio, free_beam_size: int
+) -> None:
+    """The greedy free transcript reads its tokens' probabilities off its own search; they must
+    agree with aligning the same text (after a beam search that alignment is what gives them)."""
+    decoder = _Decoder(RecognizerSettings(workers=1, free_beam_size=free_beam_size))
+    encoded = decoder.encode(decoder.mel(pin))
+    free = decoder.free_transcript(decoder.start_free_transcript(encoded, 24))
+    assert free.text and 0.0 <= free.no_speech < 0.5 and free.score < 0.0, free
+    if free_beam_size > 1:
+        assert free.tokens == ()
+        return
+    assert "".join(token for token, _ in free.tokens).strip() == free.text
+    frames = decoder.mel(pin).shape[1]
+    aligned = decoder.token_probabilities(encoded, free.text, frames)
+    assert [token for token, _ in aligned] == [token for token, _ in free.tokens]
+    # Not equal: the search renormalises over the tokens it may write, and the alignment
+    # reads a slightly different window; a token read off the wrong step would be far off.
+    gaps = [abs(own - forced) for (_, own), (_, forced) in zip(free.tokens, aligned, strict=True)]
+    assert all(0.0 < own <= 1.0 for _, own in free.tokens)
+    assert max(gaps) < 0.15 and sum(gaps) / len(gaps) < 0.06, (free.tokens, aligned)
+
+
 @pytest.mark.parametrize("processes", [False, True])
 def test_bad_model_path_is_a_clear_error(tmp_path: Path, processes: bool) -> None:
     with pytest.raises(RuntimeError, match="could not load the Whisper model"):
@@ -334,6 +359,8 @@ def test_bad_settings_are_refused() -> None:
         RecognizerSettings(workers=0)
     with pytest.raises(ValueError):
         RecognizerSettings(window_s=60)
+    with pytest.raises(ValueError):
+        RecognizerSettings(free_beam_size=0)
 
 
 def test_pauses_split_segments() -> None:

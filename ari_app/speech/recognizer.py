@@ -55,9 +55,13 @@ and ``bench/speech_latency.py`` for the numbers and the alternatives that lost):
    again with those words allowed, so they stay words instead of becoming digits. Other
    candidates measured and not kept alone: the no-speech probability (0.05-0.55 on speech and
    0.6-0.9 on noise, but "Hello? Hello?" scored 0.55); a likelihood ratio between the two
-   transcripts (a misheard "five" and a "yes" forced into "1" overlap). Each digit's confidence
-   is its teacher-forced probability, or the free transcript's mean token probability where
-   both decodes wrote it (:func:`agreed`).
+   transcripts (a misheard "five" and a "yes" forced into "1" overlap). The free transcript is
+   a beam search like the restricted one (``free_beam_size`` 5). A greedy one (1) reads each
+   token's probability off its own step instead of aligning the text afterwards and serves a
+   third more speakers, but wrote worse text in mixed turns (more wrong digits kept), so it is
+   a lever, not the default. Each digit's confidence is the surer of its teacher-forced
+   probability and the probability of the free transcript's word in its place
+   (:func:`agreed`).
 
 ``text`` is the raw transcript (the combined segments' transcripts in the fallback case);
 ``digits`` is what :func:`ari_app.speech.words.words_to_digits` makes of it once judged, and
@@ -150,6 +154,9 @@ class RecognizerSettings:
     compute_type: str = "int8"
     device: str = "cpu"  # or "cuda" (or "auto"), passed to faster-whisper
     beam_size: int = 5
+    # The free transcript's beam (1 = greedy: its tokens' probabilities come with it, for less
+    # CPU, but it kept more wrong digits in mixed turns: see the README's speech section).
+    free_beam_size: int = 5
     window_s: float = 15.0  # encoder window; grows to 30 s for longer audio
     padding_ms: int = 250  # silence added before and after the utterance
     segment_fallback: bool = True  # decode pause-separated segments when the whole looks wrong
@@ -159,8 +166,8 @@ class RecognizerSettings:
     def __post_init__(self) -> None:
         if self.threads < 1 or self.workers < 1 or self.max_queue < 0:
             raise ValueError("threads and workers must be >= 1, max_queue >= 0")
-        if self.beam_size < 1:
-            raise ValueError("beam_size must be >= 1")
+        if self.beam_size < 1 or self.free_beam_size < 1:
+            raise ValueError("beam_size and free_beam_size must be >= 1")
         if not 1.0 <= self.window_s <= 30.0:
             raise ValueError("window_s must be between 1 and 30 seconds")
         if not 0 <= self.padding_ms <= 2000 or self.min_pause_ms < 10:
@@ -221,6 +228,17 @@ class Heard:
             free_score=min((p.free_score for p in parts), default=-math.inf),
             free_tokens=tuple(t for p in parts for t in p.free_tokens),
         )
+
+
+@dataclass(frozen=True)
+class FreeTranscript:
+    """What Whisper wrote with no vocabulary restriction."""
+
+    text: str
+    score: float  # mean log-probability a token
+    no_speech: float  # Whisper's probability that there is no speech
+    # Each token with its probability (a greedy search's own; empty after a beam search).
+    tokens: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -381,26 +399,39 @@ class _Decoder:
         """Start decoding what Whisper hears with no vocabulary restriction (the second opinion
         that tells talk, noise and digits apart) on CTranslate2's own workers, so it runs
         beside the restricted decode; :meth:`free_transcript` waits for it."""
+        greedy = self.settings.free_beam_size == 1
         return self.model.generate(
             encoded,
             [self.prompt],
             asynchronous=True,
-            beam_size=self.settings.beam_size,
+            beam_size=self.settings.free_beam_size,
             max_length=min(self.max_length, len(self.prompt) + max_new_tokens),
             return_scores=True,
+            return_logits_vocab=greedy,  # each step's log-probabilities: only a greedy search's
             return_no_speech_prob=True,
             suppress_tokens=self.suppress["free"],
             suppress_blank=True,
         )
 
-    def free_transcript(self, started: Any) -> tuple[str, float, float]:
-        """The unrestricted transcript, its mean log-probability a token, and Whisper's
-        probability that there is no speech."""
+    def free_transcript(self, started: Any) -> FreeTranscript:
+        """The unrestricted transcript (see :class:`FreeTranscript`)."""
         (pending,) = started
         result = pending.result()
         eot = self.tokenizer.eot
-        text = self.tokenizer.decode([t for t in result.sequences_ids[0] if t < eot])
-        return text.strip(), float(result.scores[0]), float(result.no_speech_prob)
+        ids = [t for t in result.sequences_ids[0] if t < eot]
+        tokens: tuple[tuple[str, float], ...] = ()
+        if result.logits:  # a greedy search: each step's log-probabilities, in step order
+            steps = result.logits[0]
+            tokens = tuple(
+                (self.tokenizer.decode([token]), math.exp(_log_probability(steps[i], token)))
+                for i, token in enumerate(ids)
+            )
+        return FreeTranscript(
+            self.tokenizer.decode(ids).strip(),
+            float(result.scores[0]),
+            float(result.no_speech_prob),
+            tokens,
+        )
 
     def token_probabilities(self, encoded: Any, text: str, frames: int) -> list[tuple[str, float]]:
         """Each token of ``text`` with the probability the unrestricted model gives it, read by
@@ -411,6 +442,13 @@ class _Decoder:
         (result,) = self.model.align(encoded, self.prompt, [tokens], frames)
         probs = list(result.text_token_probs)
         return [(self.tokenizer.decode([t]), float(p)) for t, p in zip(tokens, probs, strict=False)]
+
+
+def _log_probability(step: Any, token: int) -> float:
+    """One token's log-probability from a step's vector over the vocabulary (normalised here:
+    whether CTranslate2 hands back logits or log-probabilities, the result is the same)."""
+    values = np.asarray(step, dtype=np.float64)
+    return float(values[token] - np.logaddexp.reduce(values))
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -1127,7 +1165,8 @@ class DigitRecognizer:
             max_new_tokens=3 * budget + 8,  # up to 3 tokens a digit: " 4", ",", and a space
             hypotheses=5,
         )
-        free_text, free_score, no_speech = decoder.free_transcript(started)
+        free = decoder.free_transcript(started)
+        free_text = free.text
         talk = spoken_words(free_text) if vocabulary == "digits" else []
         mixed = bool(talk) and bool(words_to_digits(free_text).digits)
         if talk and not mixed and len(talk) > MAX_WORDS_FOR_A_DIGIT:
@@ -1135,8 +1174,8 @@ class DigitRecognizer:
             return Heard(
                 segments=len(spans),
                 free_text=free_text,
-                free_score=free_score,
-                no_speech=no_speech,
+                free_score=free.score,
+                no_speech=free.no_speech,
             )
         suppress = None
         if mixed:
@@ -1210,7 +1249,7 @@ class DigitRecognizer:
         pattern = free_digit_pattern(free_text) if vocabulary == "digits" else ""
         # Each digit's confidence comes from the free transcript where it wrote the digit, and
         # from the forced digit's own probability elsewhere: each alignment only when needed.
-        read_free = any(c.isdigit() for c in pattern)
+        read_free = any(c.isdigit() for c in pattern) and not free.tokens
         read_forced = bool(text) and pattern != digits
         return Heard(
             text=text,
@@ -1218,12 +1257,14 @@ class DigitRecognizer:
             segments=len(spans),
             fallback=fallback,
             free_text=free_text,
-            no_speech=no_speech,
+            no_speech=free.no_speech,
             score=nbest[0][1],
             tokens=tuple(decoder.token_probabilities(encoded, text, frames)) if read_forced else (),
-            free_score=free_score,
+            free_score=free.score,
             free_tokens=(
-                tuple(decoder.token_probabilities(encoded, free_text, frames)) if read_free else ()
+                tuple(decoder.token_probabilities(encoded, free_text, frames))
+                if read_free
+                else free.tokens
             ),
         )
 
