@@ -261,15 +261,15 @@ def test_the_free_transcripts_token_probabilities_match_an_alignment(
     """The greedy free transcript reads its tokens' probabilities off its own search; they must
     agree with aligning the same text (after a beam search that alignment is what gives them)."""
     decoder = _Decoder(RecognizerSettings(workers=1, free_beam_size=free_beam_size))
-    encoded = decoder.encode(decoder.mel(pin))
+    mel = decoder.mel(pin)
+    encoded = decoder.encode(mel)
     free = decoder.free_transcript(decoder.start_free_transcript(encoded, 24))
     assert free.text and 0.0 <= free.no_speech < 0.5 and free.score < 0.0, free
     if free_beam_size > 1:
         assert free.tokens == ()
         return
     assert "".join(token for token, _ in free.tokens).strip() == free.text
-    frames = decoder.mel(pin).shape[1]
-    aligned = decoder.token_probabilities(encoded, free.text, frames)
+    aligned = decoder.token_probabilities(encoded, free.text, mel.shape[1])
     assert [token for token, _ in aligned] == [token for token, _ in free.tokens]
     # Not equal: the search renormalises over the tokens it may write, and the alignment
     # reads a slightly different window; a token read off the wrong step would be far off.
